@@ -1,0 +1,219 @@
+//! kubegate's configuration: the `kubegate.toml` schema and its validation.
+//!
+//! The file is parsed into raw serde structs (`deny_unknown_fields` everywhere), then
+//! validated into the types in this crate, which cannot hold an invalid value: a listen
+//! address is a `SocketAddr`, a duration is a `Duration`, an issuer is an `https` URL, a
+//! file is known to be readable. Security-relevant settings (the TLS pair, the upstream,
+//! the issuers and their audiences, the policy) have no defaults; everything else has a
+//! safe one. Every error names the file, the line and column, and the dotted field.
+//!
+//! This crate does no networking and starts nothing; the gateway interprets the values.
+
+mod error;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, Location};
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::file(path, format!("cannot read configuration file: {e}")))?;
+    parse(path, &text)
+}
+
+/// Validates configuration text. `file` names the source in errors, and relative paths in
+/// the file are resolved against its directory.
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    validate::validate(file, text)
+}
+
+/// A value together with the place in the file it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting<T> {
+    /// The validated value.
+    pub value: T,
+    /// Where it was set, for errors found after validation (a PEM file that does not parse).
+    pub location: Location,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from.
+    pub file: PathBuf,
+    /// The TLS listener remote users connect to.
+    pub listen: Listen,
+    /// The kube-apiserver behind the gateway.
+    pub upstream: Upstream,
+    /// How users are authenticated.
+    pub auth: Auth,
+    /// The policy file.
+    pub policy: Setting<PathBuf>,
+    /// Bounds on requests.
+    pub limits: Limits,
+}
+
+/// The user-facing TLS listener.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Address and port to bind. Defaults to `127.0.0.1:8443`: exposing the gateway is a
+    /// decision the operator writes down.
+    pub addr: SocketAddr,
+    /// PEM certificate chain served to clients.
+    pub tls_cert: Setting<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Setting<PathBuf>,
+    /// A client that has not finished the TLS handshake by then is dropped, so idle
+    /// sockets cannot pin connection slots. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// A client that has not sent its request headers by then is dropped. Default 30 s.
+    pub header_read_timeout: Duration,
+}
+
+/// The kube-apiserver the gateway forwards to, and the credential it uses there.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Where the connection details and credential come from.
+    pub source: UpstreamSource,
+    /// How long the gateway waits for the upstream's response headers before answering
+    /// 504. Streams (watch, logs) are not bounded by it once their headers arrived.
+    /// Default 30 s.
+    pub timeout: Duration,
+    /// The `[upstream]` table.
+    pub location: Location,
+}
+
+/// The source of the upstream connection details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamSource {
+    /// A kubeconfig file and, optionally, a context in it (default: its current context).
+    Kubeconfig {
+        /// The kubeconfig file.
+        path: Setting<PathBuf>,
+        /// The context to use.
+        context: Option<String>,
+    },
+    /// The service account of the pod the gateway runs in.
+    InCluster,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// OIDC issuers whose JWTs are accepted. Never empty, issuer URLs unique.
+    pub oidc: Vec<OidcIssuer>,
+}
+
+/// One trusted OIDC issuer.
+#[derive(Debug, Clone)]
+pub struct OidcIssuer {
+    /// The issuer exactly as tokens carry it in `iss` (compared byte for byte).
+    pub issuer: String,
+    /// Accepted audiences: a token is accepted if its `aud` names any of them. Never empty.
+    pub audiences: Vec<String>,
+    /// Where the signing keys come from.
+    pub keys: KeySource,
+    /// Claim that becomes the Kubernetes username. Default `sub`.
+    pub username_claim: String,
+    /// Claim holding the user's groups (a string or an array of strings), if any.
+    pub groups_claim: Option<String>,
+    /// Signature algorithms accepted from this issuer. Asymmetric only; default RS256.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`. Default 60 s.
+    pub leeway: Duration,
+    /// The `[[auth.oidc]]` entry.
+    pub location: Location,
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS document on disk.
+    JwksFile(Setting<PathBuf>),
+    /// OpenID discovery at this URL (default `<issuer>/.well-known/openid-configuration`).
+    Discovery(String),
+}
+
+/// JWT signature algorithms kubegate accepts. Symmetric (HMAC) and `none` are absent on
+/// purpose: a gateway must never share a verification secret with anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// ECDSA P-384 with SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl Algorithm {
+    /// Parses the JOSE name (`RS256`, ...). HMAC and `none` are refused with a reason.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "RS256" => Algorithm::RS256,
+            "RS384" => Algorithm::RS384,
+            "RS512" => Algorithm::RS512,
+            "PS256" => Algorithm::PS256,
+            "PS384" => Algorithm::PS384,
+            "PS512" => Algorithm::PS512,
+            "ES256" => Algorithm::ES256,
+            "ES384" => Algorithm::ES384,
+            "EdDSA" => Algorithm::EdDSA,
+            "HS256" | "HS384" | "HS512" => {
+                return Err(format!(
+                    "{name} is a symmetric algorithm; only asymmetric algorithms are accepted"
+                ));
+            }
+            "none" => return Err("unsigned tokens (none) are never accepted".into()),
+            _ => return Err(format!("unknown algorithm {name:?}")),
+        })
+    }
+
+    /// The JOSE name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// Bounds on what one request may cost.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body forwarded for a non-streaming request, in bytes. Default 3 MiB,
+    /// the API server's own limit for JSON bodies.
+    pub max_request_body: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_body: 3 * 1024 * 1024,
+        }
+    }
+}

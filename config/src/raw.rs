@@ -1,0 +1,60 @@
+//! The file as written: serde structs that reject unknown keys and keep positions.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub(crate) policy: Spanned<String>,
+    pub(crate) listen: Spanned<RawListen>,
+    pub(crate) upstream: Spanned<RawUpstream>,
+    pub(crate) auth: Spanned<RawAuth>,
+    #[serde(default)]
+    pub(crate) limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListen {
+    pub(crate) address: Option<Spanned<String>>,
+    pub(crate) port: Option<Spanned<u16>>,
+    pub(crate) tls_cert: Spanned<String>,
+    pub(crate) tls_key: Spanned<String>,
+    pub(crate) handshake_timeout: Option<Spanned<String>>,
+    pub(crate) header_read_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub(crate) kubeconfig: Option<Spanned<String>>,
+    pub(crate) context: Option<Spanned<String>>,
+    pub(crate) in_cluster: Option<Spanned<bool>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    pub(crate) oidc: Spanned<Vec<Spanned<RawOidc>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOidc {
+    pub(crate) issuer: Spanned<String>,
+    pub(crate) audiences: Spanned<Vec<String>>,
+    pub(crate) jwks_file: Option<Spanned<String>>,
+    pub(crate) discovery_url: Option<Spanned<String>>,
+    pub(crate) username_claim: Option<Spanned<String>>,
+    pub(crate) groups_claim: Option<Spanned<String>>,
+    pub(crate) algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) leeway: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub(crate) max_request_body: Option<Spanned<u64>>,
+}

@@ -1,0 +1,509 @@
+//! Raw structs → validated configuration. Every rejection carries its location.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use url::Url;
+
+use crate::error::SourceMap;
+use crate::raw::{RawConfig, RawListen, RawOidc, RawUpstream};
+use crate::{
+    Algorithm, Auth, Config, ConfigError, KeySource, Limits, Listen, OidcIssuer, Setting, Upstream,
+    UpstreamSource,
+};
+
+/// The API server accepts up to 64 issuers in its structured authentication config.
+const MAX_ISSUERS: usize = 64;
+
+pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    let map = SourceMap::new(file, text);
+    let raw: RawConfig = toml::from_str(text).map_err(|e| map.toml_error(&e))?;
+    let v = Validator {
+        map: &map,
+        base: file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    Ok(Config {
+        file: file.to_path_buf(),
+        listen: v.listen(raw.listen.into_inner())?,
+        upstream: v.upstream(raw.upstream)?,
+        auth: v.auth(raw.auth.into_inner())?,
+        policy: v.readable_file(&raw.policy, "policy")?,
+        limits: v.limits(raw.limits)?,
+    })
+}
+
+struct Validator<'a> {
+    map: &'a SourceMap<'a>,
+    base: PathBuf,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, spanned: &Spanned<T>, field: &str, msg: impl Into<String>) -> ConfigError {
+        self.map.location(spanned.span(), field).error(msg)
+    }
+
+    fn setting<T, U>(&self, spanned: &Spanned<T>, field: &str, value: U) -> Setting<U> {
+        Setting {
+            value,
+            location: self.map.location(spanned.span(), field),
+        }
+    }
+
+    fn readable_file(
+        &self,
+        raw: &Spanned<String>,
+        field: &str,
+    ) -> Result<Setting<PathBuf>, ConfigError> {
+        if raw.get_ref().trim().is_empty() {
+            return Err(self.err(raw, field, "must name a file"));
+        }
+        let path = self.base.join(raw.get_ref());
+        match std::fs::File::open(&path) {
+            Ok(f) => match f.metadata() {
+                Ok(m) if m.is_file() => Ok(self.setting(raw, field, path)),
+                Ok(_) => Err(self.err(raw, field, format!("{} is not a file", path.display()))),
+                Err(e) => Err(self.err(raw, field, format!("cannot read {}: {e}", path.display()))),
+            },
+            Err(e) => Err(self.err(raw, field, format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    fn duration(
+        &self,
+        raw: Option<&Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(raw) = raw else { return Ok(default) };
+        // humantime's message quotes the input; ours does not, in case it was a secret.
+        let d = humantime::parse_duration(raw.get_ref()).map_err(|_| {
+            self.err(
+                raw,
+                field,
+                "not a duration; write for example \"30s\" or \"5m\"",
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.err(raw, field, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
+        let ip = match &raw.address {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(a) => a.get_ref().parse().map_err(|_| {
+                self.err(
+                    a,
+                    "listen.address",
+                    "not an IP address (for example 0.0.0.0 or 127.0.0.1)",
+                )
+            })?,
+        };
+        let port = raw.port.as_ref().map_or(8443, |p| *p.get_ref());
+        Ok(Listen {
+            addr: SocketAddr::new(ip, port),
+            tls_cert: self.readable_file(&raw.tls_cert, "listen.tls_cert")?,
+            tls_key: self.readable_file(&raw.tls_key, "listen.tls_key")?,
+            handshake_timeout: self.duration(
+                raw.handshake_timeout.as_ref(),
+                "listen.handshake_timeout",
+                Duration::from_secs(10),
+            )?,
+            header_read_timeout: self.duration(
+                raw.header_read_timeout.as_ref(),
+                "listen.header_read_timeout",
+                Duration::from_secs(30),
+            )?,
+        })
+    }
+
+    fn upstream(&self, raw: Spanned<RawUpstream>) -> Result<Upstream, ConfigError> {
+        let location = self.map.location(raw.span(), "upstream");
+        let raw = raw.into_inner();
+        let in_cluster = raw.in_cluster.as_ref().map(|b| (*b.get_ref(), b));
+        let source = match (&raw.kubeconfig, in_cluster) {
+            (Some(path), None | Some((false, _))) => UpstreamSource::Kubeconfig {
+                path: self.readable_file(path, "upstream.kubeconfig")?,
+                context: match &raw.context {
+                    Some(c) if c.get_ref().is_empty() => {
+                        return Err(self.err(c, "upstream.context", "must not be empty"));
+                    }
+                    c => c.as_ref().map(|c| c.get_ref().clone()),
+                },
+            },
+            (None, Some((true, _))) => {
+                if let Some(c) = &raw.context {
+                    return Err(self.err(
+                        c,
+                        "upstream.context",
+                        "a context only applies to a kubeconfig, not with in_cluster = true",
+                    ));
+                }
+                UpstreamSource::InCluster
+            }
+            (Some(_), Some((true, flag))) => {
+                return Err(self.err(
+                    flag,
+                    "upstream.in_cluster",
+                    "set either kubeconfig or in_cluster = true, not both",
+                ));
+            }
+            (None, _) => {
+                return Err(
+                    location.error("no upstream: set kubeconfig = \"<path>\" or in_cluster = true")
+                );
+            }
+        };
+        Ok(Upstream {
+            source,
+            timeout: self.duration(
+                raw.timeout.as_ref(),
+                "upstream.timeout",
+                Duration::from_secs(30),
+            )?,
+            location,
+        })
+    }
+
+    fn auth(&self, raw: crate::raw::RawAuth) -> Result<Auth, ConfigError> {
+        let list = &raw.oidc;
+        if list.get_ref().is_empty() {
+            return Err(self.err(list, "auth.oidc", "at least one issuer is required"));
+        }
+        if list.get_ref().len() > MAX_ISSUERS {
+            return Err(self.err(
+                list,
+                "auth.oidc",
+                format!("at most {MAX_ISSUERS} issuers are supported"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut oidc = Vec::with_capacity(list.get_ref().len());
+        for entry in list.get_ref() {
+            let issuer = self.oidc(entry)?;
+            if !seen.insert(issuer.issuer.clone()) {
+                return Err(self.err(
+                    &entry.get_ref().issuer,
+                    "auth.oidc.issuer",
+                    "duplicate issuer: each issuer may be configured once",
+                ));
+            }
+            oidc.push(issuer);
+        }
+        Ok(Auth { oidc })
+    }
+
+    fn https_url(&self, raw: &Spanned<String>, field: &str) -> Result<Url, ConfigError> {
+        let url = Url::parse(raw.get_ref())
+            .map_err(|e| self.err(raw, field, format!("not a URL: {e}")))?;
+        if url.scheme() != "https" {
+            return Err(self.err(raw, field, "must be an https URL"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(self.err(raw, field, "must not have a query or fragment"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(raw, field, "must not carry credentials"));
+        }
+        Ok(url)
+    }
+
+    fn oidc(&self, entry: &Spanned<RawOidc>) -> Result<OidcIssuer, ConfigError> {
+        let location = self.map.location(entry.span(), "auth.oidc");
+        let raw = entry.get_ref();
+        self.https_url(&raw.issuer, "auth.oidc.issuer")?;
+        let issuer = raw.issuer.get_ref().clone();
+
+        let audiences = raw.audiences.get_ref();
+        if audiences.is_empty() || audiences.iter().any(|a| a.is_empty()) {
+            return Err(self.err(
+                &raw.audiences,
+                "auth.oidc.audiences",
+                "list at least one non-empty audience",
+            ));
+        }
+
+        let keys = match (&raw.jwks_file, &raw.discovery_url) {
+            (Some(f), None) => KeySource::JwksFile(self.readable_file(f, "auth.oidc.jwks_file")?),
+            (None, Some(u)) => {
+                KeySource::Discovery(self.https_url(u, "auth.oidc.discovery_url")?.to_string())
+            }
+            (None, None) => KeySource::Discovery(format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            )),
+            (Some(f), Some(_)) => {
+                return Err(self.err(
+                    f,
+                    "auth.oidc.jwks_file",
+                    "set either jwks_file or discovery_url, not both",
+                ));
+            }
+        };
+
+        let claim = |c: &Option<Spanned<String>>, field: &str| -> Result<_, ConfigError> {
+            match c {
+                Some(c) if c.get_ref().trim().is_empty() => {
+                    Err(self.err(c, field, "must name a claim"))
+                }
+                c => Ok(c.as_ref().map(|c| c.get_ref().clone())),
+            }
+        };
+        let username_claim = claim(&raw.username_claim, "auth.oidc.username_claim")?
+            .unwrap_or_else(|| "sub".to_string());
+        let groups_claim = claim(&raw.groups_claim, "auth.oidc.groups_claim")?;
+
+        let algorithms = match &raw.algorithms {
+            None => vec![Algorithm::RS256],
+            Some(list) if list.get_ref().is_empty() => {
+                return Err(self.err(list, "auth.oidc.algorithms", "list at least one algorithm"));
+            }
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .map(|a| {
+                    Algorithm::from_name(a.get_ref())
+                        .map_err(|m| self.err(a, "auth.oidc.algorithms", m))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+
+        Ok(OidcIssuer {
+            issuer,
+            audiences: audiences.clone(),
+            keys,
+            username_claim,
+            groups_claim,
+            algorithms,
+            leeway: match &raw.leeway {
+                // Zero leeway is legitimate here, so not `duration()`.
+                Some(l) => humantime::parse_duration(l.get_ref()).map_err(|_| {
+                    self.err(
+                        l,
+                        "auth.oidc.leeway",
+                        "not a duration; write for example \"60s\"",
+                    )
+                })?,
+                None => Duration::from_secs(60),
+            },
+            location,
+        })
+    }
+
+    fn limits(&self, raw: crate::raw::RawLimits) -> Result<Limits, ConfigError> {
+        let mut limits = Limits::default();
+        if let Some(max) = &raw.max_request_body {
+            if *max.get_ref() == 0 {
+                return Err(self.err(max, "limits.max_request_body", "must be greater than zero"));
+            }
+            limits.max_request_body = *max.get_ref();
+        }
+        Ok(limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(tempfile::TempDir);
+
+    impl Dir {
+        fn new() -> Self {
+            let d = tempfile::tempdir().unwrap();
+            for f in [
+                "tls.crt",
+                "tls.key",
+                "jwks.json",
+                "kubeconfig",
+                "policy.toml",
+            ] {
+                std::fs::write(d.path().join(f), "x").unwrap();
+            }
+            Dir(d)
+        }
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            parse_in(self.0.path(), text)
+        }
+    }
+
+    fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate(&dir.join("kubegate.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+policy = "policy.toml"
+
+[listen]
+address = "0.0.0.0"
+port = 9443
+tls_cert = "tls.crt"
+tls_key = "tls.key"
+
+[upstream]
+kubeconfig = "kubeconfig"
+context = "prod"
+timeout = "15s"
+
+[[auth.oidc]]
+issuer = "https://idp.example.com/realms/ops"
+audiences = ["kubegate"]
+jwks_file = "jwks.json"
+groups_claim = "groups"
+algorithms = ["RS256", "ES256"]
+"#;
+
+    #[test]
+    fn a_complete_file_validates() {
+        let d = Dir::new();
+        let c = d.parse(GOOD).unwrap();
+        assert_eq!(c.listen.addr, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(c.upstream.timeout, Duration::from_secs(15));
+        assert!(matches!(
+            &c.upstream.source,
+            UpstreamSource::Kubeconfig { context: Some(ctx), .. } if ctx == "prod"
+        ));
+        let i = &c.auth.oidc[0];
+        assert_eq!(i.username_claim, "sub");
+        assert_eq!(i.groups_claim.as_deref(), Some("groups"));
+        assert_eq!(i.algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
+        assert_eq!(i.leeway, Duration::from_secs(60));
+        assert!(matches!(i.keys, KeySource::JwksFile(_)));
+        assert_eq!(c.limits.max_request_body, 3 * 1024 * 1024);
+        assert_eq!(c.policy.value, d.0.path().join("policy.toml"));
+        // Safe defaults for what is not security-relevant.
+        assert_eq!(c.listen.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn listen_defaults_to_loopback() {
+        let d = Dir::new();
+        let text = GOOD.replace("address = \"0.0.0.0\"\nport = 9443\n", "");
+        let c = d.parse(&text).unwrap();
+        assert_eq!(c.listen.addr, "127.0.0.1:8443".parse().unwrap());
+    }
+
+    fn error_of(text: &str) -> ConfigError {
+        Dir::new().parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_field() {
+        let text = GOOD.replace("port = 9443", "port = 9443\nprot = 1");
+        let e = error_of(&text);
+        assert_eq!(e.field.as_deref(), Some("listen.prot"));
+        assert_eq!(e.line, Some(7));
+        assert_eq!(e.column, Some(1));
+        let shown = e.to_string();
+        assert!(
+            shown.contains("kubegate.toml:7:1: listen.prot: unknown field"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn missing_issuer_is_named() {
+        let text = GOOD.replace("issuer = \"https://idp.example.com/realms/ops\"\n", "");
+        let e = error_of(&text);
+        assert_eq!(e.field.as_deref(), Some("auth.oidc.issuer"), "{e}");
+        assert!(e.message.contains("missing field"), "{e}");
+        assert!(e.line.is_some());
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let e = error_of(&GOOD.replace("timeout = \"15s\"", "timeout = \"soon\""));
+        assert_eq!(e.field.as_deref(), Some("upstream.timeout"));
+        assert_eq!(e.line, Some(13));
+        assert_eq!(e.column, Some(11));
+        assert!(e.message.contains("not a duration"));
+    }
+
+    #[test]
+    fn unreadable_cert_is_located() {
+        let e = error_of(&GOOD.replace("tls.crt", "missing.crt"));
+        assert_eq!(e.field.as_deref(), Some("listen.tls_cert"));
+        assert_eq!(e.line, Some(7));
+        assert!(e.message.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn symmetric_and_unsigned_algorithms_are_refused() {
+        for alg in ["HS256", "none", "XS1"] {
+            let e = error_of(&GOOD.replace("\"RS256\", \"ES256\"", &format!("\"{alg}\"")));
+            assert_eq!(e.field.as_deref(), Some("auth.oidc.algorithms"), "{alg}");
+        }
+    }
+
+    #[test]
+    fn issuer_must_be_https() {
+        let e = error_of(&GOOD.replace("https://idp.example.com", "http://idp.example.com"));
+        assert_eq!(e.field.as_deref(), Some("auth.oidc.issuer"));
+        assert!(e.message.contains("https"));
+    }
+
+    #[test]
+    fn audiences_are_required_and_non_empty() {
+        let e = error_of(&GOOD.replace("audiences = [\"kubegate\"]", "audiences = []"));
+        assert_eq!(e.field.as_deref(), Some("auth.oidc.audiences"));
+        let e = error_of(&GOOD.replace("audiences = [\"kubegate\"]\n", ""));
+        assert_eq!(e.field.as_deref(), Some("auth.oidc.audiences"));
+    }
+
+    #[test]
+    fn duplicate_issuers_are_refused() {
+        let extra = r#"
+[[auth.oidc]]
+issuer = "https://idp.example.com/realms/ops"
+audiences = ["other"]
+"#;
+        let e = error_of(&format!("{GOOD}{extra}"));
+        assert!(e.message.contains("duplicate issuer"), "{e}");
+        assert_eq!(e.line, Some(23));
+    }
+
+    #[test]
+    fn upstream_needs_exactly_one_source() {
+        let none = GOOD.replace("kubeconfig = \"kubeconfig\"\ncontext = \"prod\"\n", "");
+        assert!(error_of(&none).message.contains("no upstream"));
+        let both = GOOD.replace("context = \"prod\"", "in_cluster = true");
+        assert_eq!(
+            error_of(&both).field.as_deref(),
+            Some("upstream.in_cluster")
+        );
+    }
+
+    #[test]
+    fn upstream_is_required() {
+        let text = GOOD.replace(
+            "[upstream]\nkubeconfig = \"kubeconfig\"\ncontext = \"prod\"\ntimeout = \"15s\"\n",
+            "",
+        );
+        let e = error_of(&text);
+        assert!(e.message.contains("missing field `upstream`"), "{e}");
+    }
+
+    #[test]
+    fn discovery_defaults_to_well_known() {
+        let c = Dir::new()
+            .parse(&GOOD.replace("jwks_file = \"jwks.json\"\n", ""))
+            .unwrap();
+        assert_eq!(
+            c.auth.oidc[0].keys,
+            KeySource::Discovery(
+                "https://idp.example.com/realms/ops/.well-known/openid-configuration".into()
+            )
+        );
+    }
+
+    #[test]
+    fn errors_never_quote_values() {
+        // A token pasted into a duration field must not reach the log through the error.
+        let e = error_of(&GOOD.replace("timeout = \"15s\"", "timeout = \"eyJhbGciOi.secret\""));
+        assert!(!e.to_string().contains("eyJhbGciOi"), "{e}");
+    }
+}
