@@ -1,0 +1,207 @@
+//! The listener: TLS handshakes, HTTP/1.1 or HTTP/2 per connection (hyper-util's auto
+//! builder, upgrades enabled), and the state every request handler shares.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::HeaderMap;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::RecordedRequest;
+use crate::store::Store;
+
+// A client that opens a socket and never finishes the handshake must not hold a task forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State shared by every connection of one sandbox.
+pub(crate) struct Shared {
+    pub(crate) token: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) store: Store,
+    recorded: Mutex<Recorded>,
+    delay: Mutex<Duration>,
+}
+
+/// The request log, optionally capped so a long dev session does not grow without bound.
+#[derive(Default)]
+pub(crate) struct Recorded {
+    pub(crate) requests: VecDeque<RecordedRequest>,
+    pub(crate) limit: Option<usize>,
+}
+
+impl Recorded {
+    pub(crate) fn trim(&mut self) {
+        if let Some(limit) = self.limit {
+            let excess = self.requests.len().saturating_sub(limit);
+            self.requests.drain(..excess);
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(token: String, addr: SocketAddr) -> Self {
+        Shared {
+            token,
+            addr,
+            store: Store::new(),
+            recorded: Mutex::new(Recorded::default()),
+            delay: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    pub(crate) fn recorded(&self) -> MutexGuard<'_, Recorded> {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn delay(&self) -> Duration {
+        *self.delay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    }
+
+    /// Exactly one `Authorization` header carrying our token. Several headers are refused:
+    /// which one a server would read is ambiguous, and a gateway must never send two.
+    pub(crate) fn is_authorized(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return false;
+        };
+        let Some((scheme, token)) = value.to_str().ok().and_then(|v| v.split_once(' ')) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer")
+            && constant_time_eq(token.trim().as_bytes(), self.token.as_bytes())
+    }
+
+    pub(crate) fn record(&self, parts: &http::request::Parts, authorized: bool) {
+        let request = RecordedRequest {
+            method: parts.method.to_string(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.to_string()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            authorized,
+        };
+        let mut recorded = self.recorded();
+        recorded.requests.push_back(request);
+        recorded.trim();
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Accepts connections until `stop` fires (its sender is dropped), then closes them all.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Nothing is ever sent: this resolves when the Sandbox drops the sender.
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    connections.spawn(serve_connection(tcp, acceptor.clone(), shared.clone(), stop.clone()));
+                }
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "sandbox accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<()>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "sandbox TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let shared = shared.clone();
+            async move {
+                Ok::<_, Infallible>(crate::routes::handle(shared, request.map(Body::new)).await)
+            }
+        });
+    let builder = auto::Builder::new(StopExecutor { stop });
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%error, "sandbox connection ended with an error");
+    }
+}
+
+/// Spawns hyper's background tasks (HTTP/2 streams) so that they end with the sandbox: they
+/// are not owned by the connection task, so aborting that alone would leave them running.
+#[derive(Clone)]
+struct StopExecutor {
+    stop: watch::Receiver<()>,
+}
+
+impl<F> hyper::rt::Executor<F> for StopExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        spawn_until_stopped(self.stop.clone(), future);
+    }
+}
+
+/// Runs `future` on Tokio until it finishes or the sandbox stops.
+pub(crate) fn spawn_until_stopped<F>(mut stop: watch::Receiver<()>, future: F)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = future => {}
+            _ = stop.changed() => {}
+        }
+    });
+}
