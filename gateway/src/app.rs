@@ -1,0 +1,222 @@
+//! Start-up: from a validated configuration to a listening gateway.
+//!
+//! Everything that can be checked before accepting a connection is checked here, and a
+//! failure names the configuration field it came from. [`check`] runs the same checks
+//! without starting anything; it backs `kubegate check-config`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use kubegate_config::{Config, ConfigError, KeySource};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::authn::keys::{KeyFetcher, start_key_loading};
+use crate::authn::{Authenticator, IssuerVerifier, KeySet};
+use crate::authz::{PolicyStore, load_policy};
+use crate::pipeline::{Gateway, router};
+use crate::server::{ServeOptions, serve};
+use crate::tls::{CertStore, load_certified_key, server_config};
+use crate::upstream::Upstream;
+
+/// Why the gateway could not start. Every variant names the file (and where possible the
+/// line and field) to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration or file problem, located.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] crate::authz::PolicyLoadError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Something else the runtime needs failed.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The parts of a gateway that exist before it listens.
+pub struct Prepared {
+    /// The shared pipeline state.
+    pub gateway: Arc<Gateway>,
+    /// The listener's certificate, replaceable at run time.
+    pub certs: Arc<CertStore>,
+    tls: Arc<rustls::ServerConfig>,
+    options: ServeOptions,
+    listen: SocketAddr,
+}
+
+/// Validates everything the configuration points at without starting anything:
+/// the policy, the TLS pair, the JWKS files and the kubeconfig.
+pub async fn check(config: &Config) -> Result<CheckSummary, StartError> {
+    let (policy, warnings) = load_policy(&config.policy.value)?;
+    let tls = &config.listen;
+    load_certified_key(&tls.tls_cert.value, &tls.tls_key.value)
+        .map_err(|e| tls.tls_cert.location.error(e.to_string()))?;
+    for issuer in &config.auth.oidc {
+        if let KeySource::JwksFile(file) = &issuer.keys {
+            let bytes = std::fs::read(&file.value)
+                .map_err(|e| file.location.error(format!("cannot read: {e}")))?;
+            KeySet::parse(&bytes, &issuer.algorithms)
+                .map_err(|e| file.location.error(e.to_string()))?;
+        }
+    }
+    Upstream::load(&config.upstream)
+        .await
+        .map_err(|e| config.upstream.location.error(e.to_string()))?;
+    Ok(CheckSummary {
+        rules: policy.rule_count(),
+        issuers: config.auth.oidc.len(),
+        warnings: warnings.iter().map(ToString::to_string).collect(),
+    })
+}
+
+/// What `check` found.
+#[derive(Debug)]
+pub struct CheckSummary {
+    /// Rules in the policy.
+    pub rules: usize,
+    /// Configured issuers.
+    pub issuers: usize,
+    /// Policy warnings (for example shadowed rules).
+    pub warnings: Vec<String>,
+}
+
+/// Builds the gateway from its configuration: policy, TLS, upstream and issuer keys.
+pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    install_crypto_provider();
+    let (policy, warnings) = load_policy(&config.policy.value)?;
+    for w in &warnings {
+        tracing::warn!(warning = %w, "policy warning");
+    }
+    let listen = &config.listen;
+    let key = load_certified_key(&listen.tls_cert.value, &listen.tls_key.value)
+        .map_err(|e| listen.tls_cert.location.error(e.to_string()))?;
+    let certs = CertStore::new(key);
+    let tls =
+        server_config(certs.clone()).map_err(|e| listen.tls_cert.location.error(e.to_string()))?;
+    let upstream = Upstream::load(&config.upstream)
+        .await
+        .map_err(|e| config.upstream.location.error(e.to_string()))?;
+
+    let issuers: Vec<Arc<IssuerVerifier>> = config
+        .auth
+        .oidc
+        .iter()
+        .map(|i| Arc::new(IssuerVerifier::new(i.clone())))
+        .collect();
+    let fetcher = KeyFetcher::new().map_err(|e| {
+        StartError::Runtime(format!("cannot load the system's root certificates: {e}"))
+    })?;
+    start_key_loading(issuers.clone(), fetcher).await;
+
+    let gateway = Gateway {
+        authn: Authenticator::new(issuers),
+        policy: PolicyStore::new(config.policy.value.clone(), policy),
+        upstream,
+        limits: config.limits.clone(),
+    };
+    Ok(Prepared {
+        gateway: Arc::new(gateway),
+        certs,
+        tls: Arc::new(tls),
+        options: ServeOptions {
+            handshake_timeout: listen.handshake_timeout,
+            header_read_timeout: listen.header_read_timeout,
+            ..ServeOptions::default()
+        },
+        listen: listen.addr,
+    })
+}
+
+/// A gateway serving in the background.
+pub struct Running {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets open requests finish, and waits.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// Waits until the server stops by itself.
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        (&mut self.task)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+}
+
+impl Prepared {
+    /// The user-facing application.
+    pub fn router(&self) -> Router {
+        router(self.gateway.clone())
+    }
+
+    /// Binds the configured address and serves `app` in the background.
+    pub async fn start(self, app: Router) -> Result<Running, StartError> {
+        let listener = bind(self.listen).await?;
+        self.start_on(listener, app)
+    }
+
+    /// Serves `app` on an already bound listener (the dev mode binds first to learn its
+    /// port).
+    pub fn start_on(self, listener: TcpListener, app: Router) -> Result<Running, StartError> {
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: self.listen,
+            source,
+        })?;
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, self.tls, app, self.options, async {
+            let _ = rx.await;
+        }));
+        Ok(Running {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+}
+
+/// Binds a TCP listener, naming the address on failure.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Loads the configuration's gateway and starts it: the library form of `kubegate serve`.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let prepared = prepare(config).await?;
+    let app = prepared.router();
+    prepared.start(app).await
+}
+
+/// Makes aws-lc-rs the process-wide rustls provider, for code (like `kube`'s TLS setup)
+/// that asks rustls for the default.
+pub fn install_crypto_provider() {
+    // Err means it is installed already, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

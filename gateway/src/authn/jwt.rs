@@ -1,0 +1,301 @@
+//! Verification of one issuer's JWTs and the mapping of their claims to an identity.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm as JwtAlg, Validation};
+use kubegate_config::{KeySource, OidcIssuer};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::jwks::{KeySet, jwt_alg};
+use super::{AuthError, Identity};
+
+/// Usernames and groups under `system:` belong to the cluster's own components; a token
+/// must never be able to claim one.
+const RESERVED_PREFIX: &str = "system:";
+
+/// Verifies the tokens of one issuer.
+pub struct IssuerVerifier {
+    config: OidcIssuer,
+    allowed: Vec<JwtAlg>,
+    keys: ArcSwapOption<KeySet>,
+}
+
+impl std::fmt::Debug for IssuerVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerVerifier")
+            .field("issuer", &self.config.issuer)
+            .field("has_keys", &self.keys.load().is_some())
+            .finish()
+    }
+}
+
+impl IssuerVerifier {
+    /// A verifier for this issuer, with no keys yet.
+    pub fn new(config: OidcIssuer) -> Self {
+        let allowed = config.algorithms.iter().map(|a| jwt_alg(*a)).collect();
+        IssuerVerifier {
+            config,
+            allowed,
+            keys: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The issuer URL, exactly as tokens must carry it.
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    /// The issuer's configuration.
+    pub fn config(&self) -> &OidcIssuer {
+        &self.config
+    }
+
+    /// Where this issuer's keys come from.
+    pub fn key_source(&self) -> &KeySource {
+        &self.config.keys
+    }
+
+    /// Installs a new key set; requests already verifying keep the one they loaded.
+    pub fn set_keys(&self, keys: KeySet) {
+        self.keys.store(Some(Arc::new(keys)));
+    }
+
+    /// Whether keys have been loaded.
+    pub fn has_keys(&self) -> bool {
+        self.keys.load().is_some()
+    }
+
+    /// Verifies a token and maps its claims to an identity.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = peek_header(token)?;
+        let alg = self.allowed_alg(&header.alg)?;
+        let keys = self.keys.load_full().ok_or(AuthError::KeysUnavailable)?;
+        let validation = self.validation(alg);
+
+        let mut last = AuthError::Signature;
+        for key in keys.candidates(header.kid.as_deref(), alg) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+                Ok(data) => return self.identity(data.claims),
+                Err(e) => {
+                    last = classify(e.kind());
+                    // Only a bad signature means "try the next key"; anything else was
+                    // decided on the claims of a token that did verify.
+                    if last != AuthError::Signature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn allowed_alg(&self, name: &str) -> Result<JwtAlg, AuthError> {
+        // Parse through the library's names but decide by our allow-list: `none` and the
+        // HMAC family are never on it (the configuration refuses them).
+        let alg: JwtAlg = name.parse().map_err(|_| AuthError::Algorithm)?;
+        if self.allowed.contains(&alg) {
+            Ok(alg)
+        } else {
+            Err(AuthError::Algorithm)
+        }
+    }
+
+    fn validation(&self, alg: JwtAlg) -> Validation {
+        let mut v = Validation::new(alg);
+        v.algorithms = vec![alg];
+        v.leeway = self.config.leeway.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.config.issuer]);
+        v.set_audience(&self.config.audiences);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v
+    }
+
+    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, AuthError> {
+        // The library does not check `iat`; a token from the future means a broken or
+        // hostile issuer clock.
+        if let Some(iat) = claims.get("iat") {
+            let iat = iat
+                .as_f64()
+                .ok_or_else(|| AuthError::Claims("iat is not a number".into()))?;
+            if iat > now_secs() + self.config.leeway.as_secs_f64() {
+                return Err(AuthError::IssuedInFuture);
+            }
+        }
+
+        let username_claim = &self.config.username_claim;
+        let username = match claims.get(username_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => {
+                return Err(AuthError::Claims(format!(
+                    "claim {username_claim:?} is not a non-empty string"
+                )));
+            }
+            None => {
+                return Err(AuthError::Claims(format!(
+                    "claim {username_claim:?} is missing"
+                )));
+            }
+        };
+        // As the API server: an email is only an identity once the issuer verified it.
+        if username_claim == "email" {
+            match claims.get("email_verified") {
+                None | Some(Value::Bool(true)) => {}
+                Some(_) => return Err(AuthError::Claims("email_verified is not true".into())),
+            }
+        }
+        if username.starts_with(RESERVED_PREFIX) {
+            return Err(AuthError::Claims(format!(
+                "usernames starting with {RESERVED_PREFIX:?} are reserved for the cluster"
+            )));
+        }
+
+        let groups = match &self.config.groups_claim {
+            None => Vec::new(),
+            Some(claim) => string_or_list(&claims, claim)?,
+        };
+        if groups.iter().any(|g| g.starts_with(RESERVED_PREFIX)) {
+            return Err(AuthError::Claims(format!(
+                "groups starting with {RESERVED_PREFIX:?} are reserved for the cluster"
+            )));
+        }
+
+        Ok(Identity {
+            username,
+            uid: None,
+            groups,
+            extra: BTreeMap::new(),
+            claims,
+        })
+    }
+}
+
+/// A claim holding one string or a list of strings; absent means empty.
+fn string_or_list(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, AuthError> {
+    match claims.get(claim) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(AuthError::Claims(format!(
+                    "claim {claim:?} must hold strings only"
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(AuthError::Claims(format!(
+            "claim {claim:?} must be a string or a list of strings"
+        ))),
+    }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn classify(kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::Signature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthError::Audience,
+        ErrorKind::InvalidIssuer => AuthError::UnknownIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Algorithm,
+        ErrorKind::MissingRequiredClaim(c) => {
+            AuthError::Claims(format!("required claim {c:?} is missing"))
+        }
+        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => {
+            AuthError::Signature
+        }
+        _ => AuthError::MalformedToken,
+    }
+}
+
+#[derive(Deserialize)]
+struct PeekHeader {
+    alg: String,
+    kid: Option<String>,
+}
+
+/// The token header's `alg` and `kid`, read before verification only to choose the key.
+/// Other header fields (`jwk`, `jku`, `x5u`, `x5c`) are ignored on purpose: a token must not
+/// bring its own key.
+fn peek_header(token: &str) -> Result<PeekHeader, AuthError> {
+    let header = token.split('.').next().ok_or(AuthError::MalformedToken)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| AuthError::MalformedToken)?;
+    serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)
+}
+
+/// The `iss` claim, read unverified only to choose which issuer verifies the token.
+pub(super) fn unverified_issuer(token: &str) -> Result<String, AuthError> {
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::MalformedToken);
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::MalformedToken)?;
+    let iss: Iss = serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)?;
+    iss.iss
+        .ok_or_else(|| AuthError::Claims("claim \"iss\" is missing".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(v: &str) -> String {
+        URL_SAFE_NO_PAD.encode(v)
+    }
+
+    #[test]
+    fn issuer_is_read_from_the_payload() {
+        let t = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(r#"{"iss":"https://i"}"#)
+        );
+        assert_eq!(unverified_issuer(&t).unwrap(), "https://i");
+        assert_eq!(unverified_issuer("a.b"), Err(AuthError::MalformedToken));
+        assert_eq!(unverified_issuer("a.b.c.d"), Err(AuthError::MalformedToken));
+        let no_iss = format!("{}.{}.sig", b64("{}"), b64("{}"));
+        assert!(matches!(
+            unverified_issuer(&no_iss),
+            Err(AuthError::Claims(_))
+        ));
+    }
+
+    #[test]
+    fn groups_claim_shapes() {
+        let mut m = Map::new();
+        m.insert("g".into(), Value::String("a".into()));
+        assert_eq!(string_or_list(&m, "g").unwrap(), vec!["a"]);
+        m.insert("g".into(), serde_json::json!(["a", "b"]));
+        assert_eq!(string_or_list(&m, "g").unwrap(), vec!["a", "b"]);
+        m.insert("g".into(), serde_json::json!([1]));
+        assert!(string_or_list(&m, "g").is_err());
+        m.insert("g".into(), serde_json::json!({"a": 1}));
+        assert!(string_or_list(&m, "g").is_err());
+        assert!(string_or_list(&m, "missing").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,70 @@
+//! Authorization: the current policy, swapped atomically on reload.
+//!
+//! Readers take a snapshot (`Arc`) per request, so a request is decided entirely by the
+//! policy it started with even if a reload lands in the middle.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use kubegate_policy::{Policy, PolicyError, PolicyWarning};
+
+/// Why a policy file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid policy; the error carries file, line and rule.
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+}
+
+/// Reads and compiles a policy file.
+pub fn load_policy(path: &Path) -> Result<(Policy, Vec<PolicyWarning>), PolicyLoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyLoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let loaded = Policy::from_toml(&path.display().to_string(), &text)?;
+    Ok((loaded.policy, loaded.warnings))
+}
+
+/// The policy in force.
+#[derive(Debug)]
+pub struct PolicyStore {
+    path: PathBuf,
+    current: ArcSwap<Policy>,
+}
+
+impl PolicyStore {
+    /// A store serving `policy`, reloadable from `path`.
+    pub fn new(path: PathBuf, policy: Policy) -> Self {
+        PolicyStore {
+            path,
+            current: ArcSwap::from_pointee(policy),
+        }
+    }
+
+    /// The policy for one request.
+    pub fn snapshot(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the file; only a policy that validates replaces the running one.
+    pub fn reload(&self) -> Result<Vec<PolicyWarning>, PolicyLoadError> {
+        let (policy, warnings) = load_policy(&self.path)?;
+        self.current.store(Arc::new(policy));
+        Ok(warnings)
+    }
+
+    /// The file the policy is read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

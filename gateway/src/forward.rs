@@ -1,0 +1,264 @@
+//! Header hygiene between the client and the upstream.
+//!
+//! The order is the security property: first remove everything the client sent that
+//! could carry a credential or an identity, or that belongs to the client's hop only;
+//! then add the gateway's credential and the identity it vouches for. Nothing the client
+//! sent can survive into an identity header.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::error::GatewayError;
+
+/// Headers that describe one hop of the connection, never the request (RFC 9110 §7.6.1),
+/// plus the de-facto `proxy-connection` and `keep-alive`.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Header name prefixes that assert an identity to the API server: the impersonation
+/// headers, and the request-header authentication headers a front proxy may be trusted
+/// to send (`X-Remote-User`, `X-Remote-Group`, `X-Remote-Extra-*`).
+const IDENTITY_PREFIXES: [&str; 2] = ["impersonate-", "x-remote-"];
+
+/// Headers the gateway sets itself; a client's copy would be a lie or a spoof.
+const GATEWAY_OWNED: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::HOST,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("forwarded"),
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes every client header that could carry a credential or an identity, and every
+/// hop-by-hop header.
+pub fn sanitize_request(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    for name in &GATEWAY_OWNED {
+        headers.remove(name);
+    }
+    // `HeaderName`s are stored lower-case, so one comparison covers every spelling.
+    let identity: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            IDENTITY_PREFIXES
+                .iter()
+                .any(|p| name.as_str().starts_with(p))
+        })
+        .cloned()
+        .collect();
+    for name in identity {
+        headers.remove(name);
+    }
+}
+
+/// The identity the gateway asserts upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedIdentity {
+    /// `Impersonate-User`.
+    pub user: String,
+    /// One `Impersonate-Group` each.
+    pub groups: Vec<String>,
+    /// `Impersonate-Uid`.
+    pub uid: Option<String>,
+    /// `Impersonate-Extra-<key>`, one header per value.
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Adds the gateway's credential, the impersonation headers and `X-Forwarded-For`.
+/// Call only after [`sanitize_request`].
+pub fn add_gateway_headers(
+    headers: &mut HeaderMap,
+    credential: Option<HeaderValue>,
+    identity: &ForwardedIdentity,
+    peer: IpAddr,
+) -> Result<(), GatewayError> {
+    if let Some(mut credential) = credential {
+        credential.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, credential);
+    }
+    headers.insert("impersonate-user", identity_value(&identity.user)?);
+    for group in &identity.groups {
+        headers.append("impersonate-group", identity_value(group)?);
+    }
+    if let Some(uid) = &identity.uid {
+        headers.insert("impersonate-uid", identity_value(uid)?);
+    }
+    for (key, values) in &identity.extra {
+        let name = HeaderName::from_bytes(extra_header_name(key).as_bytes())
+            .map_err(|_| identity_error())?;
+        for value in values {
+            headers.append(name.clone(), identity_value(value)?);
+        }
+    }
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&peer.to_string()).map_err(|_| identity_error())?,
+    );
+    Ok(())
+}
+
+fn identity_error() -> GatewayError {
+    GatewayError::Unauthenticated(crate::authn::AuthError::Claims(
+        "the identity contains characters that cannot be sent in an HTTP header".into(),
+    ))
+}
+
+fn identity_value(value: &str) -> Result<HeaderValue, GatewayError> {
+    // Control characters (CR, LF, NUL) would be refused by `HeaderValue`, but an identity
+    // with a leading or trailing space would be silently trimmed by the server: refuse it.
+    if value.is_empty() || value.trim() != value {
+        return Err(identity_error());
+    }
+    HeaderValue::from_str(value).map_err(|_| identity_error())
+}
+
+/// `Impersonate-Extra-<key>`: the API server percent-decodes the key, so anything outside
+/// the HTTP token characters (and `%` itself) is percent-encoded, as client-go does.
+pub fn extra_header_name(key: &str) -> String {
+    let mut name = String::from("impersonate-extra-");
+    for b in key.bytes() {
+        let legal = b.is_ascii_alphanumeric() || b"-!#$&'*+.^_`|~".contains(&b);
+        if legal {
+            name.push(b.to_ascii_lowercase() as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn every_identity_and_credential_header_is_removed() {
+        let mut h = map(&[
+            ("Authorization", "Bearer a"),
+            ("authorization", "Bearer b"),
+            ("Impersonate-User", "admin"),
+            ("impersonate-group", "system:masters"),
+            ("IMPERSONATE-UID", "1"),
+            ("Impersonate-Extra-Scopes", "all"),
+            ("X-Remote-User", "admin"),
+            ("x-remote-group", "system:masters"),
+            ("Proxy-Authorization", "Basic x"),
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("Host", "evil"),
+            ("Accept", "application/json"),
+            ("User-Agent", "kubectl"),
+        ]);
+        sanitize_request(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept", "user-agent"]);
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_removed() {
+        let mut h = map(&[
+            ("Connection", "X-Custom, keep-alive"),
+            ("Connection", "Impersonate-User"),
+            ("X-Custom", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn gateway_headers_are_added_after_sanitising() {
+        let mut h = map(&[("Impersonate-User", "mallory")]);
+        sanitize_request(&mut h);
+        let id = ForwardedIdentity {
+            user: "alice".into(),
+            groups: vec!["devs".into(), "ops".into()],
+            uid: Some("42".into()),
+            extra: [("scopes".to_string(), vec!["a".to_string(), "b".to_string()])].into(),
+        };
+        add_gateway_headers(
+            &mut h,
+            Some(HeaderValue::from_static("Bearer gw")),
+            &id,
+            "10.1.2.3".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(h["authorization"], "Bearer gw");
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(h.get_all("impersonate-user").iter().count(), 1);
+        assert_eq!(h["impersonate-user"], "alice");
+        let groups: Vec<_> = h.get_all("impersonate-group").iter().collect();
+        assert_eq!(groups, vec!["devs", "ops"]);
+        assert_eq!(h["impersonate-uid"], "42");
+        assert_eq!(h.get_all("impersonate-extra-scopes").iter().count(), 2);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+    }
+
+    #[test]
+    fn identity_values_with_control_or_padding_are_refused() {
+        for bad in ["a\r\nb", " a", "a ", ""] {
+            let id = ForwardedIdentity {
+                user: bad.into(),
+                groups: vec![],
+                uid: None,
+                extra: Default::default(),
+            };
+            assert!(
+                add_gateway_headers(&mut HeaderMap::new(), None, &id, [127, 0, 0, 1].into())
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn extra_keys_are_percent_encoded() {
+        assert_eq!(extra_header_name("scopes"), "impersonate-extra-scopes");
+        assert_eq!(
+            extra_header_name("example.com/team"),
+            "impersonate-extra-example.com%2Fteam"
+        );
+        assert_eq!(extra_header_name("a%b"), "impersonate-extra-a%25b");
+        assert_eq!(extra_header_name("Dept"), "impersonate-extra-dept");
+    }
+}

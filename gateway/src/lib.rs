@@ -1,0 +1,21 @@
+//! kubegate: the gateway that puts remote users in front of a Kubernetes API server safely.
+//!
+//! This crate owns the request pipeline and the `kubegate` binary: TLS termination
+//! ([`tls`], [`server`]), authentication of bearer tokens ([`authn`]), authorization against
+//! the policy ([`authz`], with the pure engine in `kubegate-policy`), header hygiene and
+//! impersonation ([`forward`]), the upstream connection ([`upstream`]), the one place errors
+//! become responses ([`error`]), start-up ([`app`]) and the zero-setup `dev` mode ([`dev`]).
+//! [`pipeline`] strings the phases together in order; `docs/architecture.md` draws it.
+
+pub mod app;
+pub mod authn;
+pub mod authz;
+pub mod dev;
+pub mod error;
+pub mod forward;
+pub mod pipeline;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+pub use app::{Running, StartError, start};

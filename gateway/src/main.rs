@@ -1,0 +1,280 @@
+//! The `kubegate` command: serve, check a configuration, run the zero-setup dev mode, and
+//! review policies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kubegate::app;
+use kubegate::dev::{self, DevOptions};
+use kubegate_policy::{Policy, RequestAttributes, Subject, normalize_path, resolve};
+
+#[derive(Parser)]
+#[command(
+    name = "kubegate",
+    version,
+    about = "A secure gateway in front of the Kubernetes API server"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and the policy, certificates and keys it names.
+    CheckConfig {
+        /// The configuration file.
+        config: PathBuf,
+    },
+    /// Run a working gateway with generated certificates, users and tokens.
+    Dev {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Use the built-in sandbox even if the current kubeconfig's cluster answers.
+        #[arg(long)]
+        sandbox: bool,
+        /// Write the generated files here instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Review and test policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Show how a request is resolved and decided.
+    Explain {
+        #[command(flatten)]
+        source: PolicySource,
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// A group of the user (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The HTTP method, for example GET.
+        method: String,
+        /// The request path, with an optional ?query.
+        target: String,
+    },
+    /// Run a file of policy test cases; exits 1 on any mismatch.
+    Test {
+        #[command(flatten)]
+        source: PolicySource,
+        /// The cases file.
+        cases: PathBuf,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct PolicySource {
+    /// Take the policy named by this gateway configuration.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Take this policy file.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kubegate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kubegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let config = kubegate_config::load(&config)?;
+            let running = app::start(&config).await?;
+            tracing::info!(addr = %running.addr(), "kubegate is listening");
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            running.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let config = kubegate_config::load(&config)?;
+            let summary = app::check(&config).await?;
+            for w in &summary.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "{}: ok ({} policy rules, {} issuer(s))",
+                config.file.display(),
+                summary.rules,
+                summary.issuers
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev {
+            listen,
+            sandbox,
+            dir,
+        } => {
+            let env = dev::start(DevOptions {
+                listen,
+                force_sandbox: sandbox,
+                dir,
+            })
+            .await?;
+            println!("{}", env.instructions());
+            shutdown_signal().await;
+            env.running.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Explain {
+            source,
+            user,
+            groups,
+            method,
+            target,
+        }) => {
+            let policy = load_policy(&source)?;
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (target.as_str(), None),
+            };
+            let path = normalize_path(path).context("the path is not canonical")?;
+            let method = method.to_ascii_uppercase();
+            let attrs = resolve(&method, &path, query);
+            let subject = Subject {
+                user,
+                groups,
+                ..Subject::default()
+            };
+            let decision = policy.decide(&subject, &attrs);
+            print_attributes(&attrs);
+            println!(
+                "decision:    {}",
+                if decision.allowed { "allow" } else { "deny" }
+            );
+            println!("reason:      {}", decision.reason());
+            if let Some(f) = &decision.forward_as {
+                println!("forward as:  {} groups {:?}", f.user, f.groups);
+            }
+            Ok(if decision.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Policy(PolicyCommand::Test { source, cases }) => {
+            let policy = load_policy(&source)?;
+            let text = std::fs::read_to_string(&cases)
+                .with_context(|| format!("cannot read {}", cases.display()))?;
+            let report = kubegate_policy::run_cases(&policy, &cases.display().to_string(), &text)?;
+            for failure in &report.failures {
+                println!("FAIL {failure}");
+            }
+            println!(
+                "{} passed, {} failed",
+                report.total - report.failures.len(),
+                report.failures.len()
+            );
+            Ok(if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn load_policy(source: &PolicySource) -> anyhow::Result<Policy> {
+    let path = match (&source.config, &source.policy) {
+        (Some(config), _) => kubegate_config::load(config)?.policy.value,
+        (None, Some(policy)) => policy.clone(),
+        (None, None) => anyhow::bail!("name a --config or a --policy"),
+    };
+    let (policy, warnings) = kubegate::authz::load_policy(&path)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(policy)
+}
+
+fn print_attributes(attrs: &RequestAttributes) {
+    match attrs {
+        RequestAttributes::Resource(r) => {
+            println!("kind:        resource request");
+            println!("verb:        {}", r.verb);
+            println!("api group:   {:?}", r.api_group);
+            println!("api version: {}", r.api_version);
+            println!("resource:    {}", r.resource);
+            println!("subresource: {}", r.subresource);
+            println!("namespace:   {}", r.namespace);
+            println!("name:        {}", r.name);
+        }
+        RequestAttributes::NonResource(n) => {
+            println!("kind:        non-resource request");
+            println!("verb:        {}", n.verb);
+            println!("path:        {}", n.path);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KUBEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
