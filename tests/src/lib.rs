@@ -1,0 +1,446 @@
+//! kubegate's integration-test harness: the real gateway, started in-process on
+//! `127.0.0.1:0` in front of the in-process sandbox API server, with a test identity
+//! provider whose keys and tokens the tests control, and a TLS client that trusts the
+//! gateway's test CA.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kubegate_sandbox::{Sandbox, SandboxOptions};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use serde_json::{Value, json};
+
+/// The issuer URL of the test identity provider.
+pub const ISSUER: &str = "https://issuer.kubegate.test";
+/// The audience the gateway is configured to accept.
+pub const AUDIENCE: &str = "kubegate";
+/// The token the gateway presents to the sandbox.
+pub const UPSTREAM_TOKEN: &str = "gateway-upstream-token";
+
+/// A policy for the tests: discovery for everyone, `devs` read and write pods in `dev`,
+/// nobody reads secrets.
+pub const TEST_POLICY: &str = r#"
+default = "deny"
+
+[[rule]]
+name = "discovery"
+effect = "allow"
+subjects = { authenticated = true }
+paths = [
+  { path = "/api", prefix = true, methods = ["get"] },
+  { path = "/apis", prefix = true, methods = ["get"] },
+  { path = "/version", methods = ["get"] },
+]
+
+[[rule]]
+name = "devs-pods"
+effect = "allow"
+subjects = { groups = ["devs"] }
+resources = [{ api_groups = [""], resources = ["pods", "configmaps"], namespaces = ["dev"], verbs = ["get", "list", "watch", "create", "delete"] }]
+
+[[rule]]
+name = "no-secrets"
+effect = "deny"
+subjects = { authenticated = true }
+resources = [{ api_groups = ["*"], resources = ["secrets"], verbs = ["*"] }]
+"#;
+
+/// A certificate authority and a server certificate it signed, as PEM.
+pub struct TestPki {
+    /// The CA certificate.
+    pub ca_pem: String,
+    /// The server certificate (SANs 127.0.0.1 and localhost).
+    pub cert_pem: String,
+    /// The server key.
+    pub key_pem: String,
+}
+
+impl TestPki {
+    /// Generates a fresh CA and server certificate.
+    pub fn generate() -> Self {
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "kubegate test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let mut leaf = CertificateParams::default();
+        leaf.subject_alt_names = vec![
+            SanType::IpAddress([127, 0, 0, 1].into()),
+            SanType::DnsName("localhost".try_into().expect("dns name")),
+        ];
+        let cert = leaf.signed_by(&key, &issuer).expect("server cert");
+        TestPki {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// A test identity provider: one signing key, a JWKS, and tokens on demand.
+pub struct TestIssuer {
+    /// The `iss` it writes.
+    pub issuer: String,
+    /// The key id in its JWKS and token headers.
+    pub kid: String,
+    /// The signature algorithm.
+    pub alg: Algorithm,
+    key: EncodingKey,
+    jwk: Jwk,
+    /// The public key as PEM (for the HMAC-with-public-key attack test).
+    pub public_pem: String,
+}
+
+impl TestIssuer {
+    /// An RS256 issuer.
+    pub fn rs256() -> Self {
+        Self::generate(&rcgen::PKCS_RSA_SHA256, Algorithm::RS256)
+    }
+
+    /// An ES256 issuer.
+    pub fn es256() -> Self {
+        Self::generate(&rcgen::PKCS_ECDSA_P256_SHA256, Algorithm::ES256)
+    }
+
+    fn generate(sig: &'static rcgen::SignatureAlgorithm, alg: Algorithm) -> Self {
+        let pair = KeyPair::generate_for(sig).expect("signing key");
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()),
+            _ => EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()),
+        }
+        .expect("encoding key");
+        let mut jwk = Jwk::from_encoding_key(&key, alg).expect("jwk");
+        let kid = format!(
+            "test-{}",
+            &URL_SAFE_NO_PAD.encode(pair.public_key_raw())[..12]
+        );
+        jwk.common.key_id = Some(kid.clone());
+        TestIssuer {
+            issuer: ISSUER.to_string(),
+            kid,
+            alg,
+            key,
+            jwk,
+            public_pem: pair.public_key_pem(),
+        }
+    }
+
+    /// The JWKS document.
+    pub fn jwks(&self) -> String {
+        serde_json::to_string(&JwkSet {
+            keys: vec![self.jwk.clone()],
+        })
+        .expect("jwks json")
+    }
+
+    /// Standard claims for `user` in `groups`, valid for an hour.
+    pub fn claims(&self, user: &str, groups: &[&str]) -> Value {
+        let now = now();
+        json!({
+            "iss": self.issuer, "aud": AUDIENCE, "sub": user, "groups": groups,
+            "iat": now, "nbf": now, "exp": now + 3600,
+        })
+    }
+
+    /// Signs arbitrary claims with this issuer's key.
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key).expect("sign")
+    }
+
+    /// A valid token for `user` in `groups`.
+    pub fn token(&self, user: &str, groups: &[&str]) -> String {
+        self.sign(&self.claims(user, groups))
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// Builds an unsigned-style token from raw header and claims JSON and a raw signature.
+pub fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+/// How to set up a test gateway.
+pub struct GatewayOptions {
+    /// The policy text.
+    pub policy: String,
+    /// The upstream timeout.
+    pub upstream_timeout: Duration,
+    /// Point the gateway at a kubeconfig whose server is this URL instead of the
+    /// sandbox (for unreachable-upstream tests).
+    pub upstream_override: Option<String>,
+    /// Use an ES256 identity provider instead of RS256.
+    pub es256: bool,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            policy: TEST_POLICY.to_string(),
+            upstream_timeout: Duration::from_secs(5),
+            upstream_override: None,
+            es256: false,
+        }
+    }
+}
+
+/// A running gateway in front of a running sandbox.
+pub struct TestGateway {
+    /// The sandbox upstream.
+    pub sandbox: Sandbox,
+    /// The gateway.
+    pub running: kubegate::Running,
+    /// The identity provider.
+    pub issuer: TestIssuer,
+    /// The gateway's test PKI.
+    pub pki: TestPki,
+    /// The directory holding config, certificates and keys.
+    pub dir: tempfile::TempDir,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// A response, collected.
+#[derive(Debug)]
+pub struct Collected {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Collected {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+impl TestGateway {
+    /// Starts a sandbox and a gateway with default options.
+    pub async fn start() -> Self {
+        Self::start_with(GatewayOptions::default()).await
+    }
+
+    /// Starts a sandbox and a gateway.
+    pub async fn start_with(options: GatewayOptions) -> Self {
+        kubegate::app::install_crypto_provider();
+        let sandbox = Sandbox::start(SandboxOptions::new(UPSTREAM_TOKEN))
+            .await
+            .expect("sandbox");
+        let issuer = if options.es256 {
+            TestIssuer::es256()
+        } else {
+            TestIssuer::rs256()
+        };
+        let pki = TestPki::generate();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write(d, "tls.crt", &pki.cert_pem);
+        write(d, "tls.key", &pki.key_pem);
+        write(d, "jwks.json", &issuer.jwks());
+        write(d, "policy.toml", &options.policy);
+        let kubeconfig = d.join("upstream.kubeconfig");
+        sandbox.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        if let Some(url) = &options.upstream_override {
+            let text = std::fs::read_to_string(&kubeconfig).expect("read kubeconfig");
+            let text = text.replace(&sandbox.url(), url);
+            std::fs::write(&kubeconfig, text).expect("write kubeconfig");
+        }
+        let config_text = format!(
+            r#"
+policy = "policy.toml"
+[listen]
+address = "127.0.0.1"
+port = 0
+tls_cert = "tls.crt"
+tls_key = "tls.key"
+[upstream]
+kubeconfig = "upstream.kubeconfig"
+timeout = "{timeout}ms"
+[[auth.oidc]]
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+jwks_file = "jwks.json"
+groups_claim = "groups"
+algorithms = ["RS256", "ES256"]
+"#,
+            timeout = options.upstream_timeout.as_millis()
+        );
+        let config_path = write(d, "kubegate.toml", &config_text);
+        let config = kubegate_config::load(&config_path).expect("config");
+        let running = kubegate::start(&config).await.expect("gateway starts");
+        let client = https_client(&pki.ca_pem, false);
+        TestGateway {
+            sandbox,
+            running,
+            issuer,
+            pki,
+            dir,
+            client,
+        }
+    }
+
+    /// The gateway's base URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.running.addr().port())
+    }
+
+    /// Sends a request with `token` (if any) and extra headers, collecting the response.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Collected {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.url(), path));
+        if let Some(t) = token {
+            builder = builder.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = builder.body(Full::new(Bytes::new())).expect("request");
+        collect(&self.client, request).await
+    }
+
+    /// GET with a token.
+    pub async fn get(&self, path: &str, token: &str) -> Collected {
+        self.request(Method::GET, path, Some(token), &[]).await
+    }
+
+    /// Writes a client kubeconfig for `token` and returns its path.
+    pub fn client_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.pki.ca_pem);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gw\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\ncontexts:\n- name: gw\n  context:\n    cluster: gw\n    user: u\ncurrent-context: gw\nusers:\n- name: u\n  user:\n    token: {token}\n",
+            url = self.url()
+        );
+        write(self.dir.path(), &format!("{name}.kubeconfig"), &text)
+    }
+}
+
+/// An HTTPS client trusting `ca_pem`; `http1_only` forces HTTP/1.1 (for headers that
+/// HTTP/2 forbids, like `Connection`).
+pub fn https_client(
+    ca_pem: &str,
+    http1_only: bool,
+) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("add root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let connector = if http1_only {
+        builder.enable_http1().build()
+    } else {
+        builder.enable_all_versions().build()
+    };
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Sends a request and collects the whole response.
+pub async fn collect(
+    client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Collected {
+    let response = client
+        .request(request)
+        .await
+        .expect("request reaches the gateway");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Collected {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Writes a file into `dir`.
+pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write test file");
+    path
+}
+
+/// The real kubectl. Tests that need it fail (never skip) when it is missing.
+pub fn kubectl() -> PathBuf {
+    let path =
+        PathBuf::from(std::env::var_os("KUBECTL").unwrap_or_else(|| "/usr/bin/kubectl".into()));
+    assert!(
+        path.is_file(),
+        "kubectl not found at {}: install kubectl 1.32 there (or set KUBECTL); these tests need the real client",
+        path.display()
+    );
+    path
+}
+
+/// Runs kubectl with `kubeconfig`, returning (success, stdout, stderr).
+pub async fn run_kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(kubectl())
+            .args(args)
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", kubeconfig.parent().unwrap_or(Path::new("/tmp")))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("kubectl finished within 60 s")
+    .expect("kubectl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
