@@ -17,6 +17,7 @@ use crate::authn::keys::{KeyFetcher, start_key_loading};
 use crate::authn::{Authenticator, IssuerVerifier, KeySet};
 use crate::authz::{PolicyStore, load_policy};
 use crate::pipeline::{Gateway, router};
+use crate::reload::PolicyReloader;
 use crate::server::{ServeOptions, serve};
 use crate::tls::{CertStore, load_certified_key, server_config};
 use crate::upstream::Upstream;
@@ -50,6 +51,9 @@ pub struct Prepared {
     pub gateway: Arc<Gateway>,
     /// The listener's certificate, replaceable at run time.
     pub certs: Arc<CertStore>,
+    /// Reload the policy on SIGHUP too (the file is always watched). Off by default so
+    /// an embedding process keeps its signals.
+    pub reload_on_sighup: bool,
     tls: Arc<rustls::ServerConfig>,
     options: ServeOptions,
     listen: SocketAddr,
@@ -121,13 +125,14 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
 
     let gateway = Gateway {
         authn: Authenticator::new(issuers),
-        policy: PolicyStore::new(config.policy.value.clone(), policy),
+        policy: Arc::new(PolicyStore::new(config.policy.value.clone(), policy)),
         upstream,
         limits: config.limits.clone(),
     };
     Ok(Prepared {
         gateway: Arc::new(gateway),
         certs,
+        reload_on_sighup: false,
         tls: Arc::new(tls),
         options: ServeOptions {
             handshake_timeout: listen.handshake_timeout,
@@ -141,6 +146,8 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
 /// A gateway serving in the background.
 pub struct Running {
     addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    _reloader: PolicyReloader,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -149,6 +156,11 @@ impl Running {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The shared pipeline state (policy store, upstream, ...).
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
     }
 
     /// Stops accepting, lets open requests finish, and waits.
@@ -188,12 +200,21 @@ impl Prepared {
             addr: self.listen,
             source,
         })?;
+        let reloader = PolicyReloader::start(self.gateway.policy.clone(), self.reload_on_sighup)
+            .map_err(|e| {
+                StartError::Runtime(format!(
+                    "cannot watch the policy file {}: {e}",
+                    self.gateway.policy.path().display()
+                ))
+            })?;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(listener, self.tls, app, self.options, async {
             let _ = rx.await;
         }));
         Ok(Running {
             addr,
+            gateway: self.gateway,
+            _reloader: reloader,
             shutdown: Some(tx),
             task,
         })

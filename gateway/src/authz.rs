@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use kubegate_policy::{Policy, PolicyError, PolicyWarning};
@@ -40,6 +41,8 @@ pub fn load_policy(path: &Path) -> Result<(Policy, Vec<PolicyWarning>), PolicyLo
 pub struct PolicyStore {
     path: PathBuf,
     current: ArcSwap<Policy>,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
 }
 
 impl PolicyStore {
@@ -48,6 +51,8 @@ impl PolicyStore {
         PolicyStore {
             path,
             current: ArcSwap::from_pointee(policy),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
         }
     }
 
@@ -58,9 +63,27 @@ impl PolicyStore {
 
     /// Re-reads the file; only a policy that validates replaces the running one.
     pub fn reload(&self) -> Result<Vec<PolicyWarning>, PolicyLoadError> {
-        let (policy, warnings) = load_policy(&self.path)?;
-        self.current.store(Arc::new(policy));
-        Ok(warnings)
+        match load_policy(&self.path) {
+            Ok((policy, warnings)) => {
+                self.current.store(Arc::new(policy));
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                Ok(warnings)
+            }
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Successful reloads since start.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Failed reloads since start (the running policy was kept each time).
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
     }
 
     /// The file the policy is read from.

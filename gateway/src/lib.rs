@@ -14,6 +14,7 @@ pub mod dev;
 pub mod error;
 pub mod forward;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod tls;
 pub mod upstream;

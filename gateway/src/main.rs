@@ -124,7 +124,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { config } => {
             let config = kubegate_config::load(&config)?;
-            let running = app::start(&config).await?;
+            let mut prepared = app::prepare(&config).await?;
+            prepared.reload_on_sighup = true;
+            let router = prepared.router();
+            let running = prepared.start(router).await?;
             tracing::info!(addr = %running.addr(), "kubegate is listening");
             shutdown_signal().await;
             tracing::info!("shutting down");

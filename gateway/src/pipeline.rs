@@ -35,7 +35,7 @@ pub struct Gateway {
     /// Verifies bearer tokens.
     pub authn: Authenticator,
     /// The policy in force.
-    pub policy: PolicyStore,
+    pub policy: Arc<PolicyStore>,
     /// The kube-apiserver.
     pub upstream: Upstream,
     /// Request bounds.
