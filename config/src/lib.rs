@@ -118,10 +118,29 @@ pub struct OidcIssuer {
     pub audiences: Vec<String>,
     /// Where the signing keys come from.
     pub keys: KeySource,
-    /// Claim that becomes the Kubernetes username. Default `sub`.
+    /// Claim that becomes the Kubernetes username. Default `sub`. Claims may be nested:
+    /// `realm_access.roles` reads `roles` inside `realm_access`.
     pub username_claim: String,
+    /// Prepended to every username from this issuer, so its users cannot collide with
+    /// another issuer's or the cluster's own.
+    pub username_prefix: Option<String>,
     /// Claim holding the user's groups (a string or an array of strings), if any.
     pub groups_claim: Option<String>,
+    /// Prepended to every group from this issuer.
+    pub groups_prefix: Option<String>,
+    /// Claim forwarded as `Impersonate-Uid`, if any.
+    pub uid_claim: Option<String>,
+    /// Extra attributes forwarded as `Impersonate-Extra-<key>`: key → claim.
+    pub extra: std::collections::BTreeMap<String, String>,
+    /// Claims that must be present with exactly these string values.
+    pub required_claims: std::collections::BTreeMap<String, String>,
+    /// Tokens whose `exp - iat` exceeds this are refused (and must carry `iat`).
+    pub max_token_lifetime: Option<Duration>,
+    /// A PEM bundle trusted for the issuer's discovery and JWKS endpoints instead of the
+    /// system roots.
+    pub certificate_authority: Option<Setting<PathBuf>>,
+    /// The issuer is a plain-http loopback URL (development only; set explicitly).
+    pub insecure_http: bool,
     /// Signature algorithms accepted from this issuer. Asymmetric only; default RS256.
     pub algorithms: Vec<Algorithm>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`. Default 60 s.

@@ -1,5 +1,7 @@
 //! The file as written: serde structs that reject unknown keys and keep positions.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -51,6 +53,14 @@ pub(crate) struct RawOidc {
     pub(crate) groups_claim: Option<Spanned<String>>,
     pub(crate) algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) leeway: Option<Spanned<String>>,
+    pub(crate) username_prefix: Option<Spanned<String>>,
+    pub(crate) groups_prefix: Option<Spanned<String>>,
+    pub(crate) uid_claim: Option<Spanned<String>>,
+    pub(crate) extra: Option<Spanned<BTreeMap<String, String>>>,
+    pub(crate) required_claims: Option<Spanned<BTreeMap<String, String>>>,
+    pub(crate) max_token_lifetime: Option<Spanned<String>>,
+    pub(crate) insecure_http: Option<Spanned<bool>>,
+    pub(crate) certificate_authority: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

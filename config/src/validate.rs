@@ -197,11 +197,40 @@ impl Validator<'_> {
         Ok(Auth { oidc })
     }
 
-    fn https_url(&self, raw: &Spanned<String>, field: &str) -> Result<Url, ConfigError> {
+    /// An https URL, or with `allow_loopback_http` a plain-http URL whose host is a
+    /// loopback address (a local test issuer; never a remote one in clear text).
+    fn url(
+        &self,
+        raw: &Spanned<String>,
+        field: &str,
+        allow_loopback_http: bool,
+    ) -> Result<Url, ConfigError> {
         let url = Url::parse(raw.get_ref())
             .map_err(|e| self.err(raw, field, format!("not a URL: {e}")))?;
-        if url.scheme() != "https" {
-            return Err(self.err(raw, field, "must be an https URL"));
+        match url.scheme() {
+            "https" => {}
+            "http" if allow_loopback_http => {
+                let loopback = match url.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                };
+                if !loopback {
+                    return Err(self.err(
+                        raw,
+                        field,
+                        "insecure_http only allows a loopback host (127.0.0.1, ::1, localhost)",
+                    ));
+                }
+            }
+            _ => {
+                return Err(self.err(
+                    raw,
+                    field,
+                    "must be an https URL (plain http only with insecure_http = true on a loopback host)",
+                ));
+            }
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(self.err(raw, field, "must not have a query or fragment"));
@@ -215,7 +244,8 @@ impl Validator<'_> {
     fn oidc(&self, entry: &Spanned<RawOidc>) -> Result<OidcIssuer, ConfigError> {
         let location = self.map.location(entry.span(), "auth.oidc");
         let raw = entry.get_ref();
-        self.https_url(&raw.issuer, "auth.oidc.issuer")?;
+        let insecure_http = raw.insecure_http.as_ref().is_some_and(|b| *b.get_ref());
+        self.url(&raw.issuer, "auth.oidc.issuer", insecure_http)?;
         let issuer = raw.issuer.get_ref().clone();
 
         let audiences = raw.audiences.get_ref();
@@ -229,9 +259,10 @@ impl Validator<'_> {
 
         let keys = match (&raw.jwks_file, &raw.discovery_url) {
             (Some(f), None) => KeySource::JwksFile(self.readable_file(f, "auth.oidc.jwks_file")?),
-            (None, Some(u)) => {
-                KeySource::Discovery(self.https_url(u, "auth.oidc.discovery_url")?.to_string())
-            }
+            (None, Some(u)) => KeySource::Discovery(
+                self.url(u, "auth.oidc.discovery_url", insecure_http)?
+                    .to_string(),
+            ),
             (None, None) => KeySource::Discovery(format!(
                 "{}/.well-known/openid-configuration",
                 issuer.trim_end_matches('/')
@@ -256,6 +287,65 @@ impl Validator<'_> {
         let username_claim = claim(&raw.username_claim, "auth.oidc.username_claim")?
             .unwrap_or_else(|| "sub".to_string());
         let groups_claim = claim(&raw.groups_claim, "auth.oidc.groups_claim")?;
+        let uid_claim = claim(&raw.uid_claim, "auth.oidc.uid_claim")?;
+        let prefix = |p: &Option<Spanned<String>>, field: &str| -> Result<_, ConfigError> {
+            match p {
+                Some(p) if p.get_ref().is_empty() => {
+                    Err(self.err(p, field, "must not be empty (omit it for no prefix)"))
+                }
+                p => Ok(p.as_ref().map(|p| p.get_ref().clone())),
+            }
+        };
+        let username_prefix = prefix(&raw.username_prefix, "auth.oidc.username_prefix")?;
+        let groups_prefix = prefix(&raw.groups_prefix, "auth.oidc.groups_prefix")?;
+        let extra = match &raw.extra {
+            None => Default::default(),
+            Some(map) => {
+                for (key, claim) in map.get_ref() {
+                    // The API server lower-cases extra keys; a mixed-case key here would
+                    // never match what it records.
+                    if key.is_empty() || key.chars().any(|c| c.is_uppercase() || c.is_whitespace())
+                    {
+                        return Err(self.err(
+                            map,
+                            "auth.oidc.extra",
+                            format!("key {key:?} must be non-empty, lower-case and without spaces"),
+                        ));
+                    }
+                    if claim.trim().is_empty() {
+                        return Err(self.err(
+                            map,
+                            "auth.oidc.extra",
+                            format!("key {key:?} must name a claim"),
+                        ));
+                    }
+                }
+                map.get_ref().clone()
+            }
+        };
+        let required_claims = match &raw.required_claims {
+            None => Default::default(),
+            Some(map) => {
+                if map.get_ref().keys().any(|k| k.trim().is_empty()) {
+                    return Err(self.err(
+                        map,
+                        "auth.oidc.required_claims",
+                        "claim names must not be empty",
+                    ));
+                }
+                map.get_ref().clone()
+            }
+        };
+        let max_token_lifetime = match &raw.max_token_lifetime {
+            None => None,
+            Some(d) => {
+                Some(self.duration(Some(d), "auth.oidc.max_token_lifetime", Duration::ZERO)?)
+            }
+        };
+        let certificate_authority = match &raw.certificate_authority {
+            None => None,
+            Some(f) => Some(self.readable_file(f, "auth.oidc.certificate_authority")?),
+        };
 
         let algorithms = match &raw.algorithms {
             None => vec![Algorithm::RS256],
@@ -277,7 +367,15 @@ impl Validator<'_> {
             audiences: audiences.clone(),
             keys,
             username_claim,
+            username_prefix,
             groups_claim,
+            groups_prefix,
+            uid_claim,
+            extra,
+            required_claims,
+            max_token_lifetime,
+            certificate_authority,
+            insecure_http,
             algorithms,
             leeway: match &raw.leeway {
                 // Zero leeway is legitimate here, so not `duration()`.
@@ -497,6 +595,42 @@ audiences = ["other"]
             KeySource::Discovery(
                 "https://idp.example.com/realms/ops/.well-known/openid-configuration".into()
             )
+        );
+    }
+
+    #[test]
+    fn plain_http_issuers_only_on_loopback_and_only_when_asked() {
+        let http = GOOD.replace(
+            "https://idp.example.com/realms/ops",
+            "http://127.0.0.1:5556/dex",
+        );
+        assert!(error_of(&http).message.contains("insecure_http"));
+        let allowed = http.replace("jwks_file", "insecure_http = true\njwks_file");
+        let c = Dir::new().parse(&allowed).unwrap();
+        assert!(c.auth.oidc[0].insecure_http);
+        let remote = allowed.replace("127.0.0.1", "10.0.0.1");
+        assert!(error_of(&remote).message.contains("loopback"));
+    }
+
+    #[test]
+    fn claim_mappings_validate() {
+        let mapped = GOOD.replace(
+            "groups_claim = \"groups\"",
+            "groups_claim = \"realm_access.roles\"\ngroups_prefix = \"kc:\"\nusername_prefix = \"kc:\"\nuid_claim = \"sid\"\nextra = { \"example.com/team\" = \"team\" }\nrequired_claims = { hd = \"example.com\" }\nmax_token_lifetime = \"1h\"",
+        );
+        let c = Dir::new().parse(&mapped).unwrap();
+        let i = &c.auth.oidc[0];
+        assert_eq!(i.groups_claim.as_deref(), Some("realm_access.roles"));
+        assert_eq!(i.username_prefix.as_deref(), Some("kc:"));
+        assert_eq!(i.extra["example.com/team"], "team");
+        assert_eq!(i.required_claims["hd"], "example.com");
+        assert_eq!(i.max_token_lifetime, Some(Duration::from_secs(3600)));
+        let upper = mapped.replace("example.com/team", "Team");
+        assert_eq!(error_of(&upper).field.as_deref(), Some("auth.oidc.extra"));
+        let empty = mapped.replace("username_prefix = \"kc:\"", "username_prefix = \"\"");
+        assert_eq!(
+            error_of(&empty).field.as_deref(),
+            Some("auth.oidc.username_prefix")
         );
     }
 

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::authn::keys::{KeyFetcher, start_key_loading};
+use crate::authn::keys::start_key_loading;
 use crate::authn::{Authenticator, IssuerVerifier, KeySet};
 use crate::authz::{PolicyStore, load_policy};
 use crate::pipeline::{Gateway, router};
@@ -118,10 +118,9 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         .iter()
         .map(|i| Arc::new(IssuerVerifier::new(i.clone())))
         .collect();
-    let fetcher = KeyFetcher::new().map_err(|e| {
-        StartError::Runtime(format!("cannot load the system's root certificates: {e}"))
-    })?;
-    start_key_loading(issuers.clone(), fetcher).await;
+    start_key_loading(issuers.clone())
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot set up TLS for an issuer: {e}")))?;
 
     let gateway = Gateway {
         authn: Authenticator::new(issuers),

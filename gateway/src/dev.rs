@@ -97,6 +97,8 @@ pub struct DevEnvironment {
     pub upstream: DevUpstream,
     /// The running gateway.
     pub running: Running,
+    /// The dev issuer's signing key.
+    pub signer: DevSigner,
 }
 
 impl DevEnvironment {
@@ -245,6 +247,7 @@ algorithms = ["ES256"]
         users,
         upstream,
         running,
+        signer,
     })
 }
 
@@ -415,9 +418,14 @@ impl DevSigner {
             "iss": self.issuer, "aud": DEV_AUDIENCE, "sub": name, "groups": groups,
             "iat": now, "nbf": now, "exp": now + TOKEN_LIFETIME.as_secs(),
         });
+        self.sign(&claims)
+    }
+
+    /// Signs arbitrary claims with the dev key.
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, StartError> {
         let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(DEV_KID.to_string());
-        jsonwebtoken::encode(&header, &claims, &self.encoding)
+        jsonwebtoken::encode(&header, claims, &self.encoding)
             .map_err(|e| StartError::Runtime(format!("cannot sign a token: {e}")))
     }
 

@@ -120,19 +120,44 @@ impl IssuerVerifier {
     }
 
     fn identity(&self, claims: Map<String, Value>) -> Result<Identity, AuthError> {
+        let config = &self.config;
+        let iat = match claims.get("iat") {
+            None => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .ok_or_else(|| AuthError::Claims("iat is not a number".into()))?,
+            ),
+        };
         // The library does not check `iat`; a token from the future means a broken or
         // hostile issuer clock.
-        if let Some(iat) = claims.get("iat") {
-            let iat = iat
-                .as_f64()
-                .ok_or_else(|| AuthError::Claims("iat is not a number".into()))?;
-            if iat > now_secs() + self.config.leeway.as_secs_f64() {
-                return Err(AuthError::IssuedInFuture);
+        if iat.is_some_and(|iat| iat > now_secs() + config.leeway.as_secs_f64()) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        if let Some(max) = config.max_token_lifetime {
+            let iat = iat.ok_or_else(|| {
+                AuthError::Claims("iat is required to bound the token's lifetime".into())
+            })?;
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::MAX);
+            if exp - iat > max.as_secs_f64() {
+                return Err(AuthError::Claims(format!(
+                    "the token lives longer than the allowed {}s",
+                    max.as_secs()
+                )));
+            }
+        }
+        for (claim, expected) in &config.required_claims {
+            if lookup(&claims, claim).and_then(Value::as_str) != Some(expected.as_str()) {
+                return Err(AuthError::Claims(format!(
+                    "required claim {claim:?} is missing or has another value"
+                )));
             }
         }
 
-        let username_claim = &self.config.username_claim;
-        let username = match claims.get(username_claim) {
+        let username_claim = &config.username_claim;
+        let username = match lookup(&claims, username_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(_) => {
                 return Err(AuthError::Claims(format!(
@@ -152,35 +177,83 @@ impl IssuerVerifier {
                 Some(_) => return Err(AuthError::Claims("email_verified is not true".into())),
             }
         }
+        let username = prefixed(config.username_prefix.as_deref(), username);
+
+        let groups = match &config.groups_claim {
+            None => Vec::new(),
+            Some(claim) => string_or_list(&claims, claim)?
+                .into_iter()
+                .map(|g| prefixed(config.groups_prefix.as_deref(), g))
+                .collect(),
+        };
+        // After mapping: a prefix is what lets an issuer's "system:x" through, as
+        // "oidc:system:x".
         if username.starts_with(RESERVED_PREFIX) {
             return Err(AuthError::Claims(format!(
-                "usernames starting with {RESERVED_PREFIX:?} are reserved for the cluster"
+                "usernames starting with {RESERVED_PREFIX:?} are reserved for the cluster (set a username_prefix)"
+            )));
+        }
+        if groups.iter().any(|g| g.starts_with(RESERVED_PREFIX)) {
+            return Err(AuthError::Claims(format!(
+                "groups starting with {RESERVED_PREFIX:?} are reserved for the cluster (set a groups_prefix)"
             )));
         }
 
-        let groups = match &self.config.groups_claim {
-            None => Vec::new(),
-            Some(claim) => string_or_list(&claims, claim)?,
+        let uid = match &config.uid_claim {
+            None => None,
+            Some(claim) => match lookup(&claims, claim) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(_) => {
+                    return Err(AuthError::Claims(format!(
+                        "claim {claim:?} is not a non-empty string"
+                    )));
+                }
+                None => return Err(AuthError::Claims(format!("claim {claim:?} is missing"))),
+            },
         };
-        if groups.iter().any(|g| g.starts_with(RESERVED_PREFIX)) {
-            return Err(AuthError::Claims(format!(
-                "groups starting with {RESERVED_PREFIX:?} are reserved for the cluster"
-            )));
+        let mut extra = BTreeMap::new();
+        for (key, claim) in &config.extra {
+            let values = string_or_list(&claims, claim)?;
+            if !values.is_empty() {
+                extra.insert(key.clone(), values);
+            }
         }
 
         Ok(Identity {
             username,
-            uid: None,
+            uid,
             groups,
-            extra: BTreeMap::new(),
+            extra,
             claims,
         })
     }
 }
 
+fn prefixed(prefix: Option<&str>, value: String) -> String {
+    match prefix {
+        Some(p) => format!("{p}{value}"),
+        None => value,
+    }
+}
+
+/// A claim by name; a name that is not a top-level claim but contains dots is read as a
+/// path into nested objects (`realm_access.roles`). Top-level first, because claim names
+/// like `https://example.com/groups` contain dots themselves.
+fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(name) {
+        return Some(v);
+    }
+    let mut parts = name.split('.');
+    let mut current = claims.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_object()?.get(part)?;
+    }
+    Some(current)
+}
+
 /// A claim holding one string or a list of strings; absent means empty.
 fn string_or_list(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, AuthError> {
-    match claims.get(claim) {
+    match lookup(claims, claim) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
@@ -283,6 +356,164 @@ mod tests {
             unverified_issuer(&no_iss),
             Err(AuthError::Claims(_))
         ));
+    }
+
+    fn issuer(edit: impl FnOnce(&mut OidcIssuer)) -> IssuerVerifier {
+        let location = kubegate_config::Location {
+            file: "t.toml".into(),
+            line: 1,
+            column: 1,
+            field: "auth.oidc".into(),
+        };
+        let mut config = OidcIssuer {
+            issuer: "https://i".into(),
+            audiences: vec!["a".into()],
+            keys: KeySource::Discovery("https://i/.well-known/openid-configuration".into()),
+            username_claim: "sub".into(),
+            username_prefix: None,
+            groups_claim: Some("groups".into()),
+            groups_prefix: None,
+            uid_claim: None,
+            extra: BTreeMap::new(),
+            required_claims: BTreeMap::new(),
+            max_token_lifetime: None,
+            certificate_authority: None,
+            insecure_http: false,
+            algorithms: vec![kubegate_config::Algorithm::RS256],
+            leeway: std::time::Duration::from_secs(60),
+            location,
+        };
+        edit(&mut config);
+        IssuerVerifier::new(config)
+    }
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn nested_claims_prefixes_uid_and_extra_are_mapped() {
+        let v = issuer(|c| {
+            c.username_claim = "preferred_username".into();
+            c.username_prefix = Some("kc:".into());
+            c.groups_claim = Some("realm_access.roles".into());
+            c.groups_prefix = Some("kc:".into());
+            c.uid_claim = Some("sid".into());
+            c.extra.insert("example.com/team".into(), "team".into());
+        });
+        let id = v
+            .identity(claims(serde_json::json!({
+                "preferred_username": "system:alice",
+                "realm_access": {"roles": ["system:masters", "devs"]},
+                "sid": "u-1", "team": ["a", "b"],
+            })))
+            .unwrap();
+        assert_eq!(
+            id.username, "kc:system:alice",
+            "a prefix makes system: names safe"
+        );
+        assert_eq!(id.groups, vec!["kc:system:masters", "kc:devs"]);
+        assert_eq!(id.uid.as_deref(), Some("u-1"));
+        assert_eq!(id.extra["example.com/team"], vec!["a", "b"]);
+    }
+
+    #[test]
+    fn claims_with_dots_in_their_name_are_read_first() {
+        let v = issuer(|c| c.groups_claim = Some("https://example.com/groups".into()));
+        let id = v
+            .identity(claims(serde_json::json!({
+                "sub": "alice", "https://example.com/groups": ["devs"],
+            })))
+            .unwrap();
+        assert_eq!(id.groups, vec!["devs"]);
+    }
+
+    #[test]
+    fn reserved_names_without_a_prefix_are_refused() {
+        let v = issuer(|_| {});
+        let user = v.identity(claims(serde_json::json!({"sub": "system:admin"})));
+        assert!(matches!(user, Err(AuthError::Claims(_))));
+        let group = v.identity(claims(
+            serde_json::json!({"sub": "a", "groups": ["system:masters"]}),
+        ));
+        assert!(matches!(group, Err(AuthError::Claims(_))));
+    }
+
+    #[test]
+    fn required_claims_lifetime_and_email_verification() {
+        let v = issuer(|c| {
+            c.required_claims.insert("hd".into(), "example.com".into());
+        });
+        assert!(
+            v.identity(claims(serde_json::json!({"sub": "a", "hd": "example.com"})))
+                .is_ok()
+        );
+        assert!(
+            v.identity(claims(serde_json::json!({"sub": "a", "hd": "evil.com"})))
+                .is_err()
+        );
+        assert!(v.identity(claims(serde_json::json!({"sub": "a"}))).is_err());
+
+        let v = issuer(|c| c.max_token_lifetime = Some(std::time::Duration::from_secs(3600)));
+        let now = now_secs();
+        assert!(
+            v.identity(claims(
+                serde_json::json!({"sub": "a", "iat": now, "exp": now + 600.0})
+            ))
+            .is_ok()
+        );
+        assert!(
+            v.identity(claims(
+                serde_json::json!({"sub": "a", "iat": now, "exp": now + 7200.0})
+            ))
+            .is_err()
+        );
+        assert!(
+            v.identity(claims(serde_json::json!({"sub": "a", "exp": now + 600.0})))
+                .is_err(),
+            "iat required"
+        );
+        assert_eq!(
+            v.identity(claims(
+                serde_json::json!({"sub": "a", "iat": now + 3600.0, "exp": now + 4000.0})
+            )),
+            Err(AuthError::IssuedInFuture)
+        );
+
+        let v = issuer(|c| c.username_claim = "email".into());
+        assert!(
+            v.identity(claims(
+                serde_json::json!({"email": "a@x", "email_verified": true})
+            ))
+            .is_ok()
+        );
+        assert!(
+            v.identity(claims(
+                serde_json::json!({"email": "a@x", "email_verified": false})
+            ))
+            .is_err()
+        );
+        assert!(
+            v.identity(claims(serde_json::json!({"email": "a@x"})))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn mapped_claims_of_the_wrong_type_are_refused() {
+        let v = issuer(|c| c.uid_claim = Some("sid".into()));
+        assert!(
+            v.identity(claims(serde_json::json!({"sub": "a", "sid": 5})))
+                .is_err()
+        );
+        assert!(
+            v.identity(claims(serde_json::json!({"sub": "a"}))).is_err(),
+            "uid missing"
+        );
+        assert!(
+            v.identity(claims(serde_json::json!({"sub": 7, "sid": "x"})))
+                .is_err()
+        );
     }
 
     #[test]

@@ -63,22 +63,53 @@ pub enum KeyLoadError {
     },
 }
 
-/// Fetches issuer documents over HTTPS, trusting the system's CA bundle.
+/// Fetches an issuer's discovery and JWKS documents.
 #[derive(Clone)]
 pub struct KeyFetcher {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    allow_http: bool,
 }
 
 impl KeyFetcher {
-    /// A fetcher trusting the platform's root certificates.
-    pub fn new() -> std::io::Result<Self> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(crate::tls::provider())?
-            .https_only()
-            .enable_http1()
-            .build();
+    /// A fetcher for one issuer: it trusts the issuer's `certificate_authority` if one is
+    /// configured, the platform's roots otherwise, and speaks plain http only when the
+    /// configuration allowed it for a loopback issuer.
+    pub fn for_issuer(issuer: &kubegate_config::OidcIssuer) -> std::io::Result<Self> {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match &issuer.certificate_authority {
+            Some(ca) => {
+                use rustls_pki_types::CertificateDer;
+                use rustls_pki_types::pem::PemObject;
+                let pem = std::fs::read(&ca.value)?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    roots
+                        .add(cert.map_err(std::io::Error::other)?)
+                        .map_err(std::io::Error::other)?;
+                }
+                if roots.is_empty() {
+                    return Err(std::io::Error::other(format!(
+                        "{} holds no PEM certificate",
+                        ca.value.display()
+                    )));
+                }
+                let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(std::io::Error::other)?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                builder.with_tls_config(tls)
+            }
+            None => builder.with_provider_and_native_roots(crate::tls::provider())?,
+        };
+        let connector = if issuer.insecure_http {
+            builder.https_or_http().enable_http1().build()
+        } else {
+            builder.https_only().enable_http1().build()
+        };
         Ok(KeyFetcher {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            allow_http: issuer.insecure_http,
         })
     }
 
@@ -152,7 +183,9 @@ pub async fn load_keys(
                     found: doc.issuer,
                 });
             }
-            if !doc.jwks_uri.starts_with("https://") {
+            if !doc.jwks_uri.starts_with("https://")
+                && !(fetcher.allow_http && doc.jwks_uri.starts_with("http://"))
+            {
                 return Err(KeyLoadError::Fetch {
                     url: doc.jwks_uri,
                     reason: "jwks_uri must be https".into(),
@@ -173,9 +206,9 @@ pub async fn load_keys(
 /// Loads every issuer's keys at start-up (logging, not failing, on error) and keeps
 /// discovery-based ones fresh in the background. The last good key set stays in use
 /// while an issuer is unreachable.
-pub async fn start_key_loading(issuers: Vec<Arc<IssuerVerifier>>, fetcher: KeyFetcher) {
+pub async fn start_key_loading(issuers: Vec<Arc<IssuerVerifier>>) -> std::io::Result<()> {
     for verifier in issuers {
-        let fetcher = fetcher.clone();
+        let fetcher = KeyFetcher::for_issuer(verifier.config())?;
         match load_keys(&verifier, &fetcher).await {
             Ok(n) => info!(issuer = verifier.issuer(), keys = n, "issuer keys loaded"),
             Err(e) => {
@@ -210,4 +243,5 @@ pub async fn start_key_loading(issuers: Vec<Arc<IssuerVerifier>>, fetcher: KeyFe
             }
         });
     }
+    Ok(())
 }
