@@ -183,9 +183,9 @@ pub async fn load_keys(
                     found: doc.issuer,
                 });
             }
-            if !doc.jwks_uri.starts_with("https://")
-                && !(fetcher.allow_http && doc.jwks_uri.starts_with("http://"))
-            {
+            let scheme_ok = doc.jwks_uri.starts_with("https://")
+                || (fetcher.allow_http && doc.jwks_uri.starts_with("http://"));
+            if !scheme_ok {
                 return Err(KeyLoadError::Fetch {
                     url: doc.jwks_uri,
                     reason: "jwks_uri must be https".into(),
