@@ -56,6 +56,17 @@ pub struct Config {
     pub policy: Setting<PathBuf>,
     /// Bounds on requests.
     pub limits: Limits,
+    /// The operator listener for health and metrics; `None` when the file has no
+    /// `[admin]` table.
+    pub admin: Option<Admin>,
+}
+
+/// The operator-facing plain-HTTP listener: `/livez`, `/readyz`, `/healthz`, `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Address and port. Defaults to `127.0.0.1:9090`: health and metrics are for the
+    /// node's probes and the cluster's scraper, not for users.
+    pub addr: SocketAddr,
 }
 
 /// The user-facing TLS listener.

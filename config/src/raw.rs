@@ -14,6 +14,14 @@ pub(crate) struct RawConfig {
     pub(crate) auth: Spanned<RawAuth>,
     #[serde(default)]
     pub(crate) limits: RawLimits,
+    pub(crate) admin: Option<Spanned<RawAdmin>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub(crate) address: Option<Spanned<String>>,
+    pub(crate) port: Option<Spanned<u16>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -32,6 +32,7 @@ pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
         auth: v.auth(raw.auth.into_inner())?,
         policy: v.readable_file(&raw.policy, "policy")?,
         limits: v.limits(raw.limits)?,
+        admin: raw.admin.map(|a| v.admin(a.into_inner())).transpose()?,
     })
 }
 
@@ -92,17 +93,29 @@ impl Validator<'_> {
         Ok(d)
     }
 
-    fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
-        let ip = match &raw.address {
-            None => IpAddr::from([127, 0, 0, 1]),
+    fn ip(&self, raw: Option<&Spanned<String>>, field: &str) -> Result<IpAddr, ConfigError> {
+        match raw {
+            None => Ok(IpAddr::from([127, 0, 0, 1])),
             Some(a) => a.get_ref().parse().map_err(|_| {
                 self.err(
                     a,
-                    "listen.address",
+                    field,
                     "not an IP address (for example 0.0.0.0 or 127.0.0.1)",
                 )
-            })?,
-        };
+            }),
+        }
+    }
+
+    fn admin(&self, raw: crate::raw::RawAdmin) -> Result<crate::Admin, ConfigError> {
+        let ip = self.ip(raw.address.as_ref(), "admin.address")?;
+        let port = raw.port.as_ref().map_or(9090, |p| *p.get_ref());
+        Ok(crate::Admin {
+            addr: SocketAddr::new(ip, port),
+        })
+    }
+
+    fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
+        let ip = self.ip(raw.address.as_ref(), "listen.address")?;
         let port = raw.port.as_ref().map_or(8443, |p| *p.get_ref());
         Ok(Listen {
             addr: SocketAddr::new(ip, port),
@@ -475,6 +488,18 @@ algorithms = ["RS256", "ES256"]
         assert_eq!(c.policy.value, d.0.path().join("policy.toml"));
         // Safe defaults for what is not security-relevant.
         assert_eq!(c.listen.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn admin_is_optional_and_loopback_by_default() {
+        let d = Dir::new();
+        assert!(d.parse(GOOD).unwrap().admin.is_none());
+        let c = d.parse(&format!("{GOOD}\n[admin]\n")).unwrap();
+        assert_eq!(c.admin.unwrap().addr, "127.0.0.1:9090".parse().unwrap());
+        let e = d
+            .parse(&format!("{GOOD}\n[admin]\naddress = \"nowhere\"\n"))
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("admin.address"));
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub struct Prepared {
     tls: Arc<rustls::ServerConfig>,
     options: ServeOptions,
     listen: SocketAddr,
+    admin: Option<SocketAddr>,
 }
 
 /// Validates everything the configuration points at without starting anything:
@@ -139,12 +140,15 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
             ..ServeOptions::default()
         },
         listen: listen.addr,
+        admin: config.admin.as_ref().map(|a| a.addr),
     })
 }
 
 /// A gateway serving in the background.
 pub struct Running {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    admin_task: Option<JoinHandle<()>>,
     gateway: Arc<Gateway>,
     _reloader: PolicyReloader,
     shutdown: Option<oneshot::Sender<()>>,
@@ -157,6 +161,11 @@ impl Running {
         self.addr
     }
 
+    /// The admin listener's address, when one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The shared pipeline state (policy store, upstream, ...).
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
@@ -167,9 +176,14 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        (&mut self.task)
+        let result = (&mut self.task)
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Health stays answerable until the user-facing listener has drained.
+        if let Some(admin) = self.admin_task.take() {
+            admin.abort();
+        }
+        result
     }
 
     /// Waits until the server stops by itself.
@@ -189,12 +203,12 @@ impl Prepared {
     /// Binds the configured address and serves `app` in the background.
     pub async fn start(self, app: Router) -> Result<Running, StartError> {
         let listener = bind(self.listen).await?;
-        self.start_on(listener, app)
+        self.start_on(listener, app).await
     }
 
     /// Serves `app` on an already bound listener (the dev mode binds first to learn its
     /// port).
-    pub fn start_on(self, listener: TcpListener, app: Router) -> Result<Running, StartError> {
+    pub async fn start_on(self, listener: TcpListener, app: Router) -> Result<Running, StartError> {
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: self.listen,
             source,
@@ -206,12 +220,35 @@ impl Prepared {
                     self.gateway.policy.path().display()
                 ))
             })?;
+        crate::observe::recorder();
+        let (admin_addr, admin_task) = match self.admin {
+            Some(admin) => {
+                let admin_listener = bind(admin).await?;
+                let admin_addr =
+                    admin_listener
+                        .local_addr()
+                        .map_err(|source| StartError::Bind {
+                            addr: admin,
+                            source,
+                        })?;
+                let app = crate::admin::router(self.gateway.clone());
+                let task = tokio::spawn(async move {
+                    if let Err(e) = axum::serve(admin_listener, app).await {
+                        tracing::error!(error = %e, "admin listener failed");
+                    }
+                });
+                (Some(admin_addr), Some(task))
+            }
+            None => (None, None),
+        };
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(listener, self.tls, app, self.options, async {
             let _ = rx.await;
         }));
         Ok(Running {
             addr,
+            admin_addr,
+            admin_task,
             gateway: self.gateway,
             _reloader: reloader,
             shutdown: Some(tx),

@@ -112,7 +112,13 @@ impl DevEnvironment {
             DevUpstream::Sandbox(s) => format!("the built-in sandbox at {}", s.url()),
         };
         let mut out = format!(
-            "kubegate dev is listening on {url}\n  upstream: {upstream}\n  files:    {dir}\n\nSample users (tokens valid {hours} h):\n",
+            "kubegate dev is listening on {url}\n  upstream: {upstream}\n  files:    {dir}\n  health and metrics: {admin}\n\nSample users (tokens valid {hours} h):\n",
+            admin = self
+                .running
+                .admin_addr()
+                .map_or("off".to_string(), |a| format!(
+                    "http://{a}/readyz, http://{a}/metrics"
+                )),
             url = self.url,
             dir = self.dir.display(),
             hours = TOKEN_LIFETIME.as_secs() / 3600,
@@ -206,6 +212,10 @@ jwks_file = "jwks.json"
 username_claim = "sub"
 groups_claim = "groups"
 algorithms = ["ES256"]
+
+[admin]
+address = "127.0.0.1"
+port = 0
 "#,
         ip = addr.ip(),
         port = addr.port(),
@@ -235,7 +245,7 @@ algorithms = ["ES256"]
 
     let prepared = prepare(&config).await?;
     let app = prepared.router().merge(issuer_routes(&url, jwks));
-    let running = prepared.start_on(listener, app)?;
+    let running = prepared.start_on(listener, app).await?;
 
     Ok(DevEnvironment {
         dir,

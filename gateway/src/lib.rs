@@ -7,12 +7,14 @@
 //! become responses ([`error`]), start-up ([`app`]) and the zero-setup `dev` mode ([`dev`]).
 //! [`pipeline`] strings the phases together in order; `docs/architecture.md` draws it.
 
+pub mod admin;
 pub mod app;
 pub mod authn;
 pub mod authz;
 pub mod dev;
 pub mod error;
 pub mod forward;
+pub mod observe;
 pub mod pipeline;
 pub mod reload;
 pub mod server;

@@ -10,7 +10,7 @@
 //! authorized is the path that is forwarded, byte for byte.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -27,6 +27,7 @@ use crate::authn::{Authenticator, Identity};
 use crate::authz::PolicyStore;
 use crate::error::GatewayError;
 use crate::forward::{ForwardedIdentity, add_gateway_headers, sanitize_request, strip_hop_by_hop};
+use crate::observe;
 use crate::server::ConnInfo;
 use crate::upstream::Upstream;
 
@@ -47,36 +48,64 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new().fallback(proxy).with_state(gateway)
 }
 
-/// What the log line of a request says about its outcome.
+/// What became of a request, phase by phase: the log line, the metrics and (later) the
+/// audit record are written from it, whatever phase ended the request.
+#[derive(Default)]
 struct Outcome {
-    user: Option<String>,
+    attributes: Option<RequestAttributes>,
+    identity: Option<Arc<Identity>>,
+    forwarded: Option<ForwardedIdentity>,
     decision: Option<Decision>,
+    upstream_wait: Duration,
+}
+
+impl Outcome {
+    fn decision_label(&self) -> &'static str {
+        match &self.decision {
+            Some(d) if d.allowed => "allow",
+            Some(_) => "deny",
+            None => "none",
+        }
+    }
 }
 
 async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> Response {
     let started = Instant::now();
+    let _in_flight = observe::InFlight::start();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let mut outcome = Outcome {
-        user: None,
-        decision: None,
-    };
+    let mut outcome = Outcome::default();
     let response = match gateway.handle(request, &mut outcome).await {
         Ok(response) => response,
         Err(error) => {
+            if let GatewayError::Unauthenticated(e) = &error {
+                observe::auth_failure(e.category());
+            }
             if error.status().is_server_error() {
                 warn!(%method, %path, error = %error, source = ?std::error::Error::source(&error), "request failed");
             }
             error.into_response()
         }
     };
+    let elapsed = started.elapsed();
+    let verb = outcome
+        .attributes
+        .as_ref()
+        .map_or("other", |a| observe::verb_label(a.verb()));
+    observe::request_done(
+        response.status().as_u16(),
+        verb,
+        outcome.decision_label(),
+        elapsed,
+        outcome.upstream_wait,
+    );
     info!(
         %method,
         %path,
-        user = outcome.user.as_deref().unwrap_or("-"),
+        user = outcome.identity.as_ref().map_or("-", |i| i.username.as_str()),
         decision = outcome.decision.as_ref().map(|d| d.reason()).as_deref().unwrap_or("-"),
         status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        elapsed_ms = elapsed.as_secs_f64() * 1e3,
         "request"
     );
     response
@@ -101,23 +130,25 @@ impl Gateway {
         }
         let path = normalize_path(parts.uri.path())?;
         let attributes = resolve(parts.method.as_str(), &path, parts.uri.query());
+        let attributes = outcome.attributes.insert(attributes);
 
         // 2. Who is asking.
-        let identity = self.authn.authenticate(&parts.headers)?;
-        outcome.user = Some(identity.username.clone());
+        let identity = Arc::new(self.authn.authenticate(&parts.headers)?);
+        outcome.identity = Some(identity.clone());
 
         // 3. May they?
         let decision = self
             .policy
             .snapshot()
-            .decide(&identity.subject(), &attributes);
+            .decide(&identity.subject(), attributes);
         let allowed = decision.allowed;
         let forwarded = forwarded_identity(&identity, &decision);
-        let denial = (!allowed).then(|| forbidden_message(&identity, &attributes, &decision));
+        let denial = (!allowed).then(|| forbidden_message(&identity, attributes, &decision));
         outcome.decision = Some(decision);
         if let Some(message) = denial {
             return Err(GatewayError::Forbidden { message });
         }
+        outcome.forwarded = Some(forwarded.clone());
 
         // Connection upgrades (exec, attach, port-forward) are not spliced yet: refuse
         // them explicitly rather than forwarding a request the upstream would misread.
@@ -142,7 +173,10 @@ impl Gateway {
         // negotiates its own (h2 when offered).
         parts.version = Version::HTTP_11;
         let body = self.bounded_body(&parts.headers, body).await?;
-        let response = self.upstream.send(Request::from_parts(parts, body)).await?;
+        let sent = Instant::now();
+        let response = self.upstream.send(Request::from_parts(parts, body)).await;
+        outcome.upstream_wait = sent.elapsed();
+        let response = response?;
 
         // 6. Stream the answer back.
         let (mut parts, body) = response.into_parts();

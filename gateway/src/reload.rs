@@ -84,7 +84,9 @@ impl PolicyReloader {
             while let Some(trigger) = rx.recv().await {
                 tokio::time::sleep(SETTLE).await;
                 while rx.try_recv().is_ok() {}
-                match store.reload() {
+                let result = store.reload();
+                crate::observe::policy_reload(result.is_ok());
+                match result {
                     Ok(warnings) => {
                         for w in &warnings {
                             warn!(warning = %w, "policy warning");

@@ -183,6 +183,24 @@ impl Upstream {
         Ok(request.body().headers().get(AUTHORIZATION).cloned())
     }
 
+    /// Asks the upstream for `path` with the gateway's credential: `Ok` on a 2xx answer
+    /// within `timeout`. For health checks; the error is safe to show an operator.
+    pub async fn probe(&self, path: &str, timeout: Duration) -> Result<(), String> {
+        let uri = self.uri_for(path).map_err(|e| e.to_string())?;
+        let mut request = Request::get(uri)
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        if let Some(auth) = self.authorization().await.map_err(|e| e.to_string())? {
+            request.headers_mut().insert(AUTHORIZATION, auth);
+        }
+        match tokio::time::timeout(timeout, self.inner.client.request(request)).await {
+            Ok(Ok(r)) if r.status().is_success() => Ok(()),
+            Ok(Ok(r)) => Err(format!("answered {}", r.status())),
+            Ok(Err(_)) => Err("unreachable".into()),
+            Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
+        }
+    }
+
     /// Sends a prepared request, waiting at most the configured timeout for the headers.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
         let timeout = self.inner.timeout;

@@ -298,6 +298,8 @@ audiences = ["{AUDIENCE}"]
 jwks_file = "jwks.json"
 groups_claim = "groups"
 algorithms = ["RS256", "ES256"]
+[admin]
+port = 0
 "#,
             timeout = options.upstream_timeout.as_millis()
         );
@@ -318,6 +320,25 @@ algorithms = ["RS256", "ES256"]
     /// The gateway's base URL.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.running.addr().port())
+    }
+
+    /// GET on the plain-HTTP admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let addr = self.running.admin_addr().expect("admin listener");
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let request = Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = client.request(request).await.expect("admin answers");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// Sends a request with `token` (if any) and extra headers, collecting the response.

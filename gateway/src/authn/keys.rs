@@ -152,6 +152,18 @@ pub async fn load_keys(
     verifier: &IssuerVerifier,
     fetcher: &KeyFetcher,
 ) -> Result<usize, KeyLoadError> {
+    let result = fetch_key_set(verifier, fetcher).await;
+    crate::observe::jwks_fetch(result.is_ok());
+    let keys = result?;
+    let count = keys.len();
+    verifier.set_keys(keys);
+    Ok(count)
+}
+
+async fn fetch_key_set(
+    verifier: &IssuerVerifier,
+    fetcher: &KeyFetcher,
+) -> Result<KeySet, KeyLoadError> {
     let allowed = &verifier.config().algorithms;
     let keys = match verifier.key_source() {
         KeySource::JwksFile(file) => {
@@ -198,9 +210,7 @@ pub async fn load_keys(
             })?
         }
     };
-    let count = keys.len();
-    verifier.set_keys(keys);
-    Ok(count)
+    Ok(keys)
 }
 
 /// Loads every issuer's keys at start-up (logging, not failing, on error) and keeps

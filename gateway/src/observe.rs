@@ -1,0 +1,145 @@
+//! Metrics: names, bounded labels, and the process's Prometheus recorder.
+//!
+//! Every label here takes values from a small fixed set (a status code, a verb, a
+//! decision, a failure category); nothing derived from a path, a user or a token is ever a
+//! label, so the series count stays bounded whatever clients send.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by `code`, `verb` and `decision`.
+pub const REQUESTS: &str = "kubegate_requests_total";
+/// Seconds from request to response headers, by `verb`.
+pub const REQUEST_SECONDS: &str = "kubegate_request_duration_seconds";
+/// The gateway's own share of [`REQUEST_SECONDS`]: total minus the wait for the upstream.
+pub const GATEWAY_SECONDS: &str = "kubegate_gateway_duration_seconds";
+/// Requests being handled now.
+pub const IN_FLIGHT: &str = "kubegate_requests_in_flight";
+/// Open long-running streams, by `kind` (`watch`, `upgrade`).
+pub const OPEN_STREAMS: &str = "kubegate_open_streams";
+/// Authentication failures, by `reason`.
+pub const AUTH_FAILURES: &str = "kubegate_authentication_failures_total";
+/// JWKS and discovery fetches, by `result` (`ok`, `error`).
+pub const JWKS_FETCHES: &str = "kubegate_jwks_fetches_total";
+/// Policy reloads, by `result` (`ok`, `error`).
+pub const POLICY_RELOADS: &str = "kubegate_policy_reloads_total";
+
+/// The process's recorder. Installed once; later gateways in the same process (tests)
+/// share it.
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        // Buckets from 100 µs (a denied request) to a minute (a slow list).
+        let buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(GATEWAY_SECONDS.into()), &buckets))
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        // Err: a recorder is already installed (an embedding process chose its own).
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        "Requests answered, by status code, verb and decision."
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from request to response headers."
+    );
+    describe_histogram!(
+        GATEWAY_SECONDS,
+        metrics::Unit::Seconds,
+        "The gateway's own share of the request time (excluding the upstream's)."
+    );
+    describe_gauge!(IN_FLIGHT, "Requests being handled now.");
+    describe_gauge!(OPEN_STREAMS, "Open watches and connection upgrades.");
+    describe_counter!(AUTH_FAILURES, "Authentication failures, by reason.");
+    describe_counter!(JWKS_FETCHES, "Issuer key fetches, by result.");
+    describe_counter!(POLICY_RELOADS, "Policy reloads, by result.");
+}
+
+/// Verbs as metric labels: the Kubernetes verbs and HTTP methods, anything else `other`.
+pub fn verb_label(verb: &str) -> &'static str {
+    const KNOWN: [&str; 15] = [
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+        "post",
+        "put",
+        "head",
+        "options",
+        "proxy",
+        "connect",
+        "trace",
+    ];
+    KNOWN
+        .iter()
+        .find(|v| **v == verb)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Records one answered request.
+pub fn request_done(
+    code: u16,
+    verb: &'static str,
+    decision: &'static str,
+    total: Duration,
+    upstream_wait: Duration,
+) {
+    counter!(REQUESTS, "code" => code.to_string(), "verb" => verb, "decision" => decision)
+        .increment(1);
+    histogram!(REQUEST_SECONDS, "verb" => verb).record(total.as_secs_f64());
+    histogram!(GATEWAY_SECONDS).record(total.saturating_sub(upstream_wait).as_secs_f64());
+}
+
+/// Records an authentication failure.
+pub fn auth_failure(reason: &'static str) {
+    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+/// Records a key fetch.
+pub fn jwks_fetch(ok: bool) {
+    counter!(JWKS_FETCHES, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Records a policy reload.
+pub fn policy_reload(ok: bool) {
+    counter!(POLICY_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Counts a request in flight until dropped.
+pub struct InFlight(());
+
+impl InFlight {
+    /// Starts counting.
+    pub fn start() -> Self {
+        gauge!(IN_FLIGHT).increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
