@@ -79,6 +79,9 @@ pub struct Listen {
     pub tls_cert: Setting<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Setting<PathBuf>,
+    /// PEM bundle of CAs whose client certificates authenticate users (CN = username,
+    /// O = groups). Optional: without it no client certificate is asked for.
+    pub client_ca: Option<Setting<PathBuf>>,
     /// A client that has not finished the TLS handshake by then is dropped, so idle
     /// sockets cannot pin connection slots. Default 10 s.
     pub handshake_timeout: Duration,
@@ -118,6 +121,11 @@ pub enum UpstreamSource {
 pub struct Auth {
     /// OIDC issuers whose JWTs are accepted. Never empty, issuer URLs unique.
     pub oidc: Vec<OidcIssuer>,
+    /// How long a verified token is remembered (never past its `exp`), so a busy client
+    /// pays for the signature check once. Zero disables the cache. Default 60 s.
+    pub token_cache_ttl: Duration,
+    /// Most tokens remembered at once. Default 10,000.
+    pub token_cache_size: usize,
 }
 
 /// One trusted OIDC issuer.
@@ -152,6 +160,10 @@ pub struct OidcIssuer {
     pub certificate_authority: Option<Setting<PathBuf>>,
     /// The issuer is a plain-http loopback URL (development only; set explicitly).
     pub insecure_http: bool,
+    /// A token naming an unknown `kid` makes the gateway re-fetch the issuer's keys at
+    /// most once per this period, so random kids cannot turn into a fetch flood.
+    /// Default 30 s.
+    pub key_refresh_cooldown: Duration,
     /// Signature algorithms accepted from this issuer. Asymmetric only; default RS256.
     pub algorithms: Vec<Algorithm>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`. Default 60 s.
@@ -238,12 +250,17 @@ pub struct Limits {
     /// Largest request body forwarded for a non-streaming request, in bytes. Default 3 MiB,
     /// the API server's own limit for JSON bodies.
     pub max_request_body: u64,
+    /// A long-running response (watch, `logs --follow`) or a spliced upgrade (exec, attach,
+    /// port-forward) that moves no byte for this long is closed, so abandoned streams
+    /// cannot pin gateway resources forever. Default 1 h.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_body: 3 * 1024 * 1024,
+            stream_idle_timeout: Duration::from_secs(60 * 60),
         }
     }
 }

@@ -31,6 +31,7 @@ pub(crate) struct RawListen {
     pub(crate) port: Option<Spanned<u16>>,
     pub(crate) tls_cert: Spanned<String>,
     pub(crate) tls_key: Spanned<String>,
+    pub(crate) client_ca: Option<Spanned<String>>,
     pub(crate) handshake_timeout: Option<Spanned<String>>,
     pub(crate) header_read_timeout: Option<Spanned<String>>,
 }
@@ -48,6 +49,8 @@ pub(crate) struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     pub(crate) oidc: Spanned<Vec<Spanned<RawOidc>>>,
+    pub(crate) token_cache_ttl: Option<Spanned<String>>,
+    pub(crate) token_cache_size: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,10 +72,12 @@ pub(crate) struct RawOidc {
     pub(crate) max_token_lifetime: Option<Spanned<String>>,
     pub(crate) insecure_http: Option<Spanned<bool>>,
     pub(crate) certificate_authority: Option<Spanned<String>>,
+    pub(crate) key_refresh_cooldown: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimits {
     pub(crate) max_request_body: Option<Spanned<u64>>,
+    pub(crate) stream_idle_timeout: Option<Spanned<String>>,
 }

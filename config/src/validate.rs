@@ -121,6 +121,11 @@ impl Validator<'_> {
             addr: SocketAddr::new(ip, port),
             tls_cert: self.readable_file(&raw.tls_cert, "listen.tls_cert")?,
             tls_key: self.readable_file(&raw.tls_key, "listen.tls_key")?,
+            client_ca: raw
+                .client_ca
+                .as_ref()
+                .map(|f| self.readable_file(f, "listen.client_ca"))
+                .transpose()?,
             handshake_timeout: self.duration(
                 raw.handshake_timeout.as_ref(),
                 "listen.handshake_timeout",
@@ -207,7 +212,33 @@ impl Validator<'_> {
             }
             oidc.push(issuer);
         }
-        Ok(Auth { oidc })
+        let token_cache_ttl = match &raw.token_cache_ttl {
+            // Zero is meaningful (no cache), so not `duration()`.
+            Some(t) => humantime::parse_duration(t.get_ref()).map_err(|_| {
+                self.err(
+                    t,
+                    "auth.token_cache_ttl",
+                    "not a duration; write for example \"60s\" (\"0s\" disables the cache)",
+                )
+            })?,
+            None => Duration::from_secs(60),
+        };
+        let token_cache_size = match &raw.token_cache_size {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(self.err(
+                    n,
+                    "auth.token_cache_size",
+                    "must be greater than zero (set token_cache_ttl = \"0s\" to disable the cache)",
+                ));
+            }
+            Some(n) => *n.get_ref(),
+            None => 10_000,
+        };
+        Ok(Auth {
+            oidc,
+            token_cache_ttl,
+            token_cache_size,
+        })
     }
 
     /// An https URL, or with `allow_loopback_http` a plain-http URL whose host is a
@@ -375,8 +406,14 @@ impl Validator<'_> {
                 .collect::<Result<_, _>>()?,
         };
 
+        let key_refresh_cooldown = self.duration(
+            raw.key_refresh_cooldown.as_ref(),
+            "auth.oidc.key_refresh_cooldown",
+            Duration::from_secs(30),
+        )?;
         Ok(OidcIssuer {
             issuer,
+            key_refresh_cooldown,
             audiences: audiences.clone(),
             keys,
             username_claim,
@@ -413,6 +450,11 @@ impl Validator<'_> {
             }
             limits.max_request_body = *max.get_ref();
         }
+        limits.stream_idle_timeout = self.duration(
+            raw.stream_idle_timeout.as_ref(),
+            "limits.stream_idle_timeout",
+            limits.stream_idle_timeout,
+        )?;
         Ok(limits)
     }
 }
@@ -485,6 +527,7 @@ algorithms = ["RS256", "ES256"]
         assert_eq!(i.leeway, Duration::from_secs(60));
         assert!(matches!(i.keys, KeySource::JwksFile(_)));
         assert_eq!(c.limits.max_request_body, 3 * 1024 * 1024);
+        assert_eq!(c.limits.stream_idle_timeout, Duration::from_secs(3600));
         assert_eq!(c.policy.value, d.0.path().join("policy.toml"));
         // Safe defaults for what is not security-relevant.
         assert_eq!(c.listen.handshake_timeout, Duration::from_secs(10));
@@ -500,6 +543,29 @@ algorithms = ["RS256", "ES256"]
             .parse(&format!("{GOOD}\n[admin]\naddress = \"nowhere\"\n"))
             .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("admin.address"));
+    }
+
+    #[test]
+    fn stream_idle_timeout_is_a_positive_duration() {
+        let d = Dir::new();
+        let c = d
+            .parse(&format!(
+                "{GOOD}\n[limits]\nstream_idle_timeout = \"90s\"\n"
+            ))
+            .unwrap();
+        assert_eq!(c.limits.stream_idle_timeout, Duration::from_secs(90));
+        for bad in ["0s", "soon"] {
+            let e = d
+                .parse(&format!(
+                    "{GOOD}\n[limits]\nstream_idle_timeout = \"{bad}\"\n"
+                ))
+                .unwrap_err();
+            assert_eq!(
+                e.field.as_deref(),
+                Some("limits.stream_idle_timeout"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

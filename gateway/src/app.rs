@@ -65,8 +65,12 @@ pub struct Prepared {
 pub async fn check(config: &Config) -> Result<CheckSummary, StartError> {
     let (policy, warnings) = load_policy(&config.policy.value)?;
     let tls = &config.listen;
-    load_certified_key(&tls.tls_cert.value, &tls.tls_key.value)
+    let key = load_certified_key(&tls.tls_cert.value, &tls.tls_key.value)
         .map_err(|e| tls.tls_cert.location.error(e.to_string()))?;
+    if let Some(ca) = &tls.client_ca {
+        server_config(CertStore::new(key), Some(&ca.value))
+            .map_err(|e| ca.location.error(e.to_string()))?;
+    }
     for issuer in &config.auth.oidc {
         if let KeySource::JwksFile(file) = &issuer.keys {
             let bytes = std::fs::read(&file.value)
@@ -108,23 +112,29 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         .map_err(|e| listen.tls_cert.location.error(e.to_string()))?;
     let certs = CertStore::new(key);
     let tls =
-        server_config(certs.clone()).map_err(|e| listen.tls_cert.location.error(e.to_string()))?;
+        server_config(certs.clone(), listen.client_ca.as_ref().map(|c| c.value.as_path()))
+            .map_err(|e| {
+                let at = listen.client_ca.as_ref().map_or(&listen.tls_cert.location, |c| &c.location);
+                at.error(e.to_string())
+            })?;
     let upstream = Upstream::load(&config.upstream)
         .await
         .map_err(|e| config.upstream.location.error(e.to_string()))?;
 
-    let issuers: Vec<Arc<IssuerVerifier>> = config
+    let issuers = config
         .auth
         .oidc
         .iter()
-        .map(|i| Arc::new(IssuerVerifier::new(i.clone())))
-        .collect();
-    start_key_loading(issuers.clone())
-        .await
-        .map_err(|e| StartError::Runtime(format!("cannot set up TLS for an issuer: {e}")))?;
+        .map(|i| {
+            IssuerVerifier::new(i.clone())
+                .map(Arc::new)
+                .map_err(|e| i.location.error(format!("cannot set up TLS for this issuer: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let key_tasks = start_key_loading(&issuers).await;
 
     let gateway = Gateway {
-        authn: Authenticator::new(issuers),
+        authn: Authenticator::new(issuers, &config.auth, key_tasks),
         policy: Arc::new(PolicyStore::new(config.policy.value.clone(), policy)),
         upstream,
         limits: config.limits.clone(),

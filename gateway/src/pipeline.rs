@@ -117,11 +117,12 @@ impl Gateway {
         request: Request<Body>,
         outcome: &mut Outcome,
     ) -> Result<Response, GatewayError> {
-        let peer = request
+        let conn = request
             .extensions()
             .get::<ConnInfo>()
-            .map(|c| c.peer.ip())
+            .cloned()
             .ok_or_else(|| GatewayError::Internal("request without connection info".into()))?;
+        let peer = conn.peer.ip();
         let (mut parts, body) = request.into_parts();
 
         // 1. The target. CONNECT has no path to authorize.
@@ -133,7 +134,10 @@ impl Gateway {
         let attributes = outcome.attributes.insert(attributes);
 
         // 2. Who is asking.
-        let identity = Arc::new(self.authn.authenticate(&parts.headers)?);
+        let identity = self
+            .authn
+            .authenticate(&parts.headers, conn.client_cert.as_deref())
+            .await?;
         outcome.identity = Some(identity.clone());
 
         // 3. May they?

@@ -19,10 +19,12 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 /// What the pipeline knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The identity of the client certificate rustls verified, if one was presented.
+    pub client_cert: Option<Arc<crate::tls::CertIdentity>>,
 }
 
 /// Connection-level settings.
@@ -106,9 +108,17 @@ pub async fn serve(
                     return;
                 }
             };
-            let conn_info = ConnInfo { peer };
+            // Parsed once per connection; rustls has already verified the chain.
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::tls::cert_identity(leaf))
+                .map(Arc::new);
+            let conn_info = ConnInfo { peer, client_cert };
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(conn_info);
+                req.extensions_mut().insert(conn_info.clone());
                 app.clone().oneshot(req.map(Body::new))
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);

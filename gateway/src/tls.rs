@@ -30,9 +30,38 @@ pub enum TlsError {
     /// The key file holds no usable PEM private key.
     #[error("{0} holds no usable PEM private key")]
     NoKey(String),
+    /// The client CA bundle cannot be used.
+    #[error("the client CA bundle cannot be used: {0}")]
+    ClientCa(String),
     /// The key does not match the certificate, or rustls refused it.
     #[error("the certificate and key cannot be used together: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// The identity a verified client certificate asserts, by the Kubernetes convention:
+/// subject CN is the username, each subject O a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertIdentity {
+    /// The subject's common name.
+    pub username: String,
+    /// The subject's organizations.
+    pub groups: Vec<String>,
+}
+
+/// Reads the identity from a verified client certificate (DER). `None` when it has no
+/// usable CN: such a certificate authenticates no one.
+pub fn cert_identity(der: &[u8]) -> Option<CertIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let username = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    if username.is_empty() {
+        return None;
+    }
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some(CertIdentity { username, groups })
 }
 
 /// The process's one crypto provider.
@@ -103,12 +132,39 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The listener's rustls configuration.
-pub fn server_config(certs: Arc<CertStore>) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
+/// The listener's rustls configuration. With `client_ca`, clients may present a
+/// certificate signed by one of those CAs (one from any other CA fails the handshake);
+/// clients without one still connect and authenticate with a bearer token.
+pub fn server_config(
+    certs: Arc<CertStore>,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|_| TlsError::NoCertificate(path.display().to_string()))?;
+                roots.add(cert)?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::NoCertificate(path.display().to_string()));
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -157,6 +157,11 @@ impl TestIssuer {
         })
     }
 
+    /// The private key, for tokens with hand-made headers.
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.key
+    }
+
     /// Signs arbitrary claims with this issuer's key.
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);
@@ -199,6 +204,12 @@ pub struct GatewayOptions {
     pub upstream_override: Option<String>,
     /// Use an ES256 identity provider instead of RS256.
     pub es256: bool,
+    /// Replaces the `[[auth.oidc]]` table (for tests against another issuer).
+    pub oidc_toml: Option<String>,
+    /// A PEM CA bundle for client certificates (`[listen] client_ca`).
+    pub client_ca_pem: Option<String>,
+    /// A `[limits]` table body, e.g. `stream_idle_timeout = "1s"`.
+    pub limits_toml: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -208,6 +219,9 @@ impl Default for GatewayOptions {
             upstream_timeout: Duration::from_secs(5),
             upstream_override: None,
             es256: false,
+            oidc_toml: None,
+            client_ca_pem: None,
+            limits_toml: None,
         }
     }
 }
@@ -292,17 +306,29 @@ tls_key = "tls.key"
 [upstream]
 kubeconfig = "upstream.kubeconfig"
 timeout = "{timeout}ms"
-[[auth.oidc]]
-issuer = "{ISSUER}"
-audiences = ["{AUDIENCE}"]
-jwks_file = "jwks.json"
-groups_claim = "groups"
-algorithms = ["RS256", "ES256"]
+{oidc}
 [admin]
 port = 0
 "#,
-            timeout = options.upstream_timeout.as_millis()
+            timeout = options.upstream_timeout.as_millis(),
+            oidc = options.oidc_toml.clone().unwrap_or_else(|| format!(
+                "[[auth.oidc]]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = \"jwks.json\"\ngroups_claim = \"groups\"\nalgorithms = [\"RS256\", \"ES256\"]\n"
+            )),
         );
+        let config_text = match &options.client_ca_pem {
+            Some(pem) => {
+                write(d, "client-ca.crt", pem);
+                config_text.replace(
+                    "tls_key = \"tls.key\"\n",
+                    "tls_key = \"tls.key\"\nclient_ca = \"client-ca.crt\"\n",
+                )
+            }
+            None => config_text,
+        };
+        let config_text = match &options.limits_toml {
+            Some(limits) => format!("{config_text}[limits]\n{limits}\n"),
+            None => config_text,
+        };
         let config_path = write(d, "kubegate.toml", &config_text);
         let config = kubegate_config::load(&config_path).expect("config");
         let running = kubegate::start(&config).await.expect("gateway starts");
@@ -404,6 +430,37 @@ pub fn https_client(
     } else {
         builder.enable_all_versions().build()
     };
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// An HTTPS client (HTTP/1.1) trusting `ca_pem` that presents a client certificate.
+pub fn https_client_with_cert(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("add root");
+    }
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("client cert pem");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
     Client::builder(TokioExecutor::new()).build(connector)
 }
 

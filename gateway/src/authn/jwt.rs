@@ -1,8 +1,9 @@
 //! Verification of one issuer's JWTs and the mapping of their claims to an identity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use base64::Engine;
@@ -13,19 +14,38 @@ use kubegate_config::{KeySource, OidcIssuer};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use tokio::time::Instant;
+use tracing::{info, warn};
+
 use super::jwks::{KeySet, jwt_alg};
+use super::keys::{KeyFetcher, KeyLoadError, fetch_key_set};
 use super::{AuthError, Identity};
 
 /// Usernames and groups under `system:` belong to the cluster's own components; a token
 /// must never be able to claim one.
 const RESERVED_PREFIX: &str = "system:";
 
-/// Verifies the tokens of one issuer.
+/// Verifies the tokens of one issuer, and owns that issuer's keys.
 pub struct IssuerVerifier {
     config: OidcIssuer,
     allowed: Vec<JwtAlg>,
     keys: ArcSwapOption<KeySet>,
+    /// Bumped on every key-set change, so cached verdicts made with older keys expire.
+    generation: AtomicU64,
+    /// Key fetches attempted, for tests and logs.
+    fetches: AtomicU64,
+    fetcher: KeyFetcher,
+    /// Held while fetching: concurrent misses wait for one fetch instead of each starting
+    /// their own. Holds the time of the last fetch attempt.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// Kids that the last fetch (at the recorded time) did not have: asked again within
+    /// the cooldown, they are refused without taking the refresh lock.
+    unknown_kids: std::sync::Mutex<(Option<Instant>, HashSet<String>)>,
 }
+
+/// Unknown kids remembered at most; past this the set restarts (the cooldown still bounds
+/// fetches, this only bounds memory).
+const MAX_UNKNOWN_KIDS: usize = 10_000;
 
 impl std::fmt::Debug for IssuerVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,15 +56,30 @@ impl std::fmt::Debug for IssuerVerifier {
     }
 }
 
+/// A verified token: who, and until when the verdict holds.
+pub struct Verified {
+    /// The mapped identity.
+    pub identity: Identity,
+    /// The token's `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
 impl IssuerVerifier {
-    /// A verifier for this issuer, with no keys yet.
-    pub fn new(config: OidcIssuer) -> Self {
+    /// A verifier for this issuer, with no keys yet. Fails only when the issuer's
+    /// `certificate_authority` cannot be used.
+    pub fn new(config: OidcIssuer) -> std::io::Result<Self> {
         let allowed = config.algorithms.iter().map(|a| jwt_alg(*a)).collect();
-        IssuerVerifier {
+        let fetcher = KeyFetcher::for_issuer(&config)?;
+        Ok(IssuerVerifier {
             config,
             allowed,
             keys: ArcSwapOption::empty(),
-        }
+            generation: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+            fetcher,
+            refresh: tokio::sync::Mutex::new(None),
+            unknown_kids: std::sync::Mutex::new((None, HashSet::new())),
+        })
     }
 
     /// The issuer URL, exactly as tokens must carry it.
@@ -65,6 +100,10 @@ impl IssuerVerifier {
     /// Installs a new key set; requests already verifying keep the one they loaded.
     pub fn set_keys(&self, keys: KeySet) {
         self.keys.store(Some(Arc::new(keys)));
+        self.generation.fetch_add(1, Ordering::Release);
+        if let Ok(mut kids) = self.unknown_kids.lock() {
+            kids.1.clear();
+        }
     }
 
     /// Whether keys have been loaded.
@@ -72,17 +111,97 @@ impl IssuerVerifier {
         self.keys.load().is_some()
     }
 
+    /// The key-set generation (changes whenever the keys do).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Key fetches attempted since start (successful or not).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Fetches the keys now, whatever the cooldown (start-up and scheduled refreshes).
+    /// Returns the document's cache lifetime, if it gave one. On failure the last good
+    /// key set stays in use.
+    pub async fn refresh_keys(&self) -> Result<Option<Duration>, KeyLoadError> {
+        let mut last = self.refresh.lock().await;
+        *last = Some(Instant::now());
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let (keys, max_age) = fetch_key_set(self, &self.fetcher).await?;
+        self.set_keys(keys);
+        Ok(max_age)
+    }
+
+    /// A token named `kid`, which the current keys lack: fetch again if the cooldown
+    /// allows, sharing the fetch with concurrent callers. Returns the key set to use.
+    async fn keys_for_unknown_kid(&self, kid: &str) -> Option<Arc<KeySet>> {
+        let cooldown = self.config.key_refresh_cooldown;
+        let remembered = self.unknown_kids.lock().is_ok_and(|k| {
+            k.1.contains(kid) && k.0.is_some_and(|t| t.elapsed() < cooldown)
+        });
+        if remembered {
+            return None;
+        }
+        let mut last = self.refresh.lock().await;
+        // Whoever held the lock may have fetched a set that has it.
+        if let Some(keys) = self.keys.load_full()
+            && keys.has_kid(kid)
+        {
+            return Some(keys);
+        }
+        if last.is_none_or(|t| t.elapsed() >= cooldown) {
+            *last = Some(Instant::now());
+            self.fetches.fetch_add(1, Ordering::Relaxed);
+            match fetch_key_set(self, &self.fetcher).await {
+                Ok((keys, _)) => {
+                    info!(issuer = self.issuer(), "keys refreshed for an unknown kid");
+                    self.set_keys(keys);
+                }
+                Err(e) => warn!(issuer = self.issuer(), error = %e, "key refresh for an unknown kid failed; keeping the last good set"),
+            }
+        }
+        let keys = self.keys.load_full();
+        if !keys.as_ref().is_some_and(|k| k.has_kid(kid))
+            && let Ok(mut kids) = self.unknown_kids.lock()
+        {
+            // Remembered against the fetch that lacked it: a later fetch forgets it.
+            if kids.0 != *last || kids.1.len() >= MAX_UNKNOWN_KIDS {
+                kids.1.clear();
+                kids.0 = *last;
+            }
+            kids.1.insert(kid.to_string());
+        }
+        keys
+    }
+
     /// Verifies a token and maps its claims to an identity.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let header = peek_header(token)?;
         let alg = self.allowed_alg(&header.alg)?;
-        let keys = self.keys.load_full().ok_or(AuthError::KeysUnavailable)?;
+        let mut keys = self.keys.load_full();
+        if let Some(kid) = header.kid.as_deref()
+            && !keys.as_ref().is_some_and(|k| k.has_kid(kid))
+        {
+            keys = self.keys_for_unknown_kid(kid).await.or(keys);
+        }
+        let keys = keys.ok_or(AuthError::KeysUnavailable)?;
         let validation = self.validation(alg);
 
         let mut last = AuthError::Signature;
         for key in keys.candidates(header.kid.as_deref(), alg) {
             match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
-                Ok(data) => return self.identity(data.claims),
+                Ok(data) => {
+                    let expires_at = data
+                        .claims
+                        .get("exp")
+                        .and_then(Value::as_f64)
+                        .map_or(0, |e| e.max(0.0) as u64);
+                    return Ok(Verified {
+                        identity: self.identity(data.claims)?,
+                        expires_at,
+                    });
+                }
                 Err(e) => {
                     last = classify(e.kind());
                     // Only a bad signature means "try the next key"; anything else was
@@ -381,10 +500,11 @@ mod tests {
             insecure_http: false,
             algorithms: vec![kubegate_config::Algorithm::RS256],
             leeway: std::time::Duration::from_secs(60),
+            key_refresh_cooldown: std::time::Duration::from_secs(30),
             location,
         };
         edit(&mut config);
-        IssuerVerifier::new(config)
+        IssuerVerifier::new(config).unwrap()
     }
 
     fn claims(v: Value) -> Map<String, Value> {

@@ -12,6 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kubegate_config::KeySource;
 use serde::Deserialize;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::IssuerVerifier;
@@ -19,8 +20,12 @@ use super::jwks::{KeySet, KeySetError, MAX_JWKS_BYTES};
 
 /// How long an issuer has to answer a discovery or JWKS request.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often keys from discovery are refreshed, so rotated keys are picked up.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// How often keys are refreshed when the issuer gives no cache lifetime.
+const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
+/// Refresh at least this far apart, whatever the issuer says.
+const MIN_REFRESH: Duration = Duration::from_secs(60);
+/// Refresh at least this often, so a revoked key stops working within this bound.
+const MAX_REFRESH: Duration = Duration::from_secs(3600);
 /// How soon a failed first load is retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -113,7 +118,7 @@ impl KeyFetcher {
         })
     }
 
-    async fn get(&self, url: &str, limit: usize) -> Result<Bytes, KeyLoadError> {
+    async fn get(&self, url: &str, limit: usize) -> Result<(Bytes, Option<Duration>), KeyLoadError> {
         let fail = |reason: String| KeyLoadError::Fetch {
             url: url.to_string(),
             reason,
@@ -130,6 +135,11 @@ impl KeyFetcher {
         if response.status() != StatusCode::OK {
             return Err(fail(format!("status {}", response.status())));
         }
+        let max_age = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
         let body = tokio::time::timeout(
             FETCH_TIMEOUT,
             Limited::new(response.into_body(), limit).collect(),
@@ -137,7 +147,7 @@ impl KeyFetcher {
         .await
         .map_err(|_| fail("timed out reading the body".into()))?
         .map_err(|e| fail(e.to_string()))?;
-        Ok(body.to_bytes())
+        Ok((body.to_bytes(), max_age))
     }
 }
 
@@ -147,23 +157,30 @@ struct Discovery {
     jwks_uri: String,
 }
 
-/// Loads `verifier`'s keys once from its configured source.
-pub async fn load_keys(
-    verifier: &IssuerVerifier,
-    fetcher: &KeyFetcher,
-) -> Result<usize, KeyLoadError> {
-    let result = fetch_key_set(verifier, fetcher).await;
-    crate::observe::jwks_fetch(result.is_ok());
-    let keys = result?;
-    let count = keys.len();
-    verifier.set_keys(keys);
-    Ok(count)
+/// `max-age` from a `Cache-Control` header.
+fn max_age(value: &str) -> Option<Duration> {
+    value.split(',').find_map(|d| {
+        let (k, v) = d.trim().split_once('=')?;
+        k.eq_ignore_ascii_case("max-age")
+            .then(|| v.trim().parse().ok().map(Duration::from_secs))?
+    })
 }
 
-async fn fetch_key_set(
+/// Fetches `verifier`'s key set from its configured source, with the cache lifetime the
+/// JWKS response gave (if any). Counted in the metrics either way.
+pub(crate) async fn fetch_key_set(
     verifier: &IssuerVerifier,
     fetcher: &KeyFetcher,
-) -> Result<KeySet, KeyLoadError> {
+) -> Result<(KeySet, Option<Duration>), KeyLoadError> {
+    let result = fetch(verifier, fetcher).await;
+    crate::observe::jwks_fetch(result.is_ok());
+    result
+}
+
+async fn fetch(
+    verifier: &IssuerVerifier,
+    fetcher: &KeyFetcher,
+) -> Result<(KeySet, Option<Duration>), KeyLoadError> {
     let allowed = &verifier.config().algorithms;
     let keys = match verifier.key_source() {
         KeySource::JwksFile(file) => {
@@ -175,13 +192,14 @@ async fn fetch_key_set(
                         path: path.clone(),
                         source,
                     })?;
-            KeySet::parse(&bytes, allowed).map_err(|source| KeyLoadError::KeySet {
+            let keys = KeySet::parse(&bytes, allowed).map_err(|source| KeyLoadError::KeySet {
                 origin: path,
                 source,
-            })?
+            })?;
+            (keys, None)
         }
         KeySource::Discovery(url) => {
-            let doc = fetcher.get(url, 64 * 1024).await?;
+            let (doc, _) = fetcher.get(url, 64 * 1024).await?;
             let doc: Discovery =
                 serde_json::from_slice(&doc).map_err(|e| KeyLoadError::KeySet {
                     origin: url.clone(),
@@ -203,55 +221,59 @@ async fn fetch_key_set(
                     reason: "jwks_uri must be https".into(),
                 });
             }
-            let jwks = fetcher.get(&doc.jwks_uri, MAX_JWKS_BYTES).await?;
-            KeySet::parse(&jwks, allowed).map_err(|source| KeyLoadError::KeySet {
+            let (jwks, max_age) = fetcher.get(&doc.jwks_uri, MAX_JWKS_BYTES).await?;
+            let keys = KeySet::parse(&jwks, allowed).map_err(|source| KeyLoadError::KeySet {
                 origin: doc.jwks_uri.clone(),
                 source,
-            })?
+            })?;
+            (keys, max_age)
         }
     };
     Ok(keys)
 }
 
-/// Loads every issuer's keys at start-up (logging, not failing, on error) and keeps
-/// discovery-based ones fresh in the background. The last good key set stays in use
+/// Loads every issuer's keys at start-up (logging, not failing, on error: readiness
+/// reports it) and keeps them fresh in the background, on the JWKS response's cache
+/// lifetime bounded to [`MIN_REFRESH`, `MAX_REFRESH`]. The last good key set stays in use
 /// while an issuer is unreachable.
-pub async fn start_key_loading(issuers: Vec<Arc<IssuerVerifier>>) -> std::io::Result<()> {
+pub async fn start_key_loading(issuers: &[Arc<IssuerVerifier>]) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
     for verifier in issuers {
-        let fetcher = KeyFetcher::for_issuer(verifier.config())?;
-        match load_keys(&verifier, &fetcher).await {
-            Ok(n) => info!(issuer = verifier.issuer(), keys = n, "issuer keys loaded"),
-            Err(e) => {
-                warn!(issuer = verifier.issuer(), error = %e, "cannot load issuer keys; will retry")
-            }
+        let first = verifier.refresh_keys().await;
+        match &first {
+            Ok(_) => info!(issuer = verifier.issuer(), "issuer keys loaded"),
+            Err(e) => warn!(issuer = verifier.issuer(), error = %e, "cannot load issuer keys; will retry"),
         }
-        let refresh = matches!(verifier.key_source(), KeySource::Discovery(_));
-        if !refresh && verifier.has_keys() {
-            continue;
-        }
-        tokio::spawn(async move {
+        let verifier = verifier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last = first;
             loop {
-                let wait = if verifier.has_keys() {
-                    REFRESH_INTERVAL
-                } else {
-                    RETRY_INTERVAL
+                let wait = match &last {
+                    Ok(max_age) => max_age
+                        .unwrap_or(DEFAULT_REFRESH)
+                        .clamp(MIN_REFRESH, MAX_REFRESH),
+                    Err(_) => RETRY_INTERVAL,
                 };
                 tokio::time::sleep(wait).await;
-                match load_keys(&verifier, &fetcher).await {
-                    Ok(n) => info!(
-                        issuer = verifier.issuer(),
-                        keys = n,
-                        "issuer keys refreshed"
-                    ),
-                    Err(e) => {
-                        warn!(issuer = verifier.issuer(), error = %e, "cannot refresh issuer keys; keeping the last good set")
-                    }
-                }
-                if !refresh && verifier.has_keys() {
-                    return;
+                last = verifier.refresh_keys().await;
+                if let Err(e) = &last {
+                    warn!(issuer = verifier.issuer(), error = %e, "cannot refresh issuer keys; keeping the last good set");
                 }
             }
-        });
+        }));
     }
-    Ok(())
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(max_age("Max-Age=5"), Some(Duration::from_secs(5)));
+        assert_eq!(max_age("no-store"), None);
+        assert_eq!(max_age("max-age=soon"), None);
+    }
 }

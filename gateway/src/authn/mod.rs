@@ -6,6 +6,7 @@
 //! client may see (expired, audience, signature, ...); the token itself never appears in
 //! an error, a log line or a `Debug` output.
 
+mod cache;
 mod jwks;
 mod jwt;
 pub mod keys;
@@ -17,7 +18,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 pub use jwks::{KeySet, KeySetError};
-pub use jwt::IssuerVerifier;
+pub use jwt::{IssuerVerifier, Verified};
 
 /// Tokens longer than this are refused before any parsing: real ID and access tokens are a
 /// few KiB, and a cap keeps decoding cost bounded for unauthenticated input.
@@ -124,12 +125,31 @@ impl AuthError {
 /// Verifies bearer tokens against the configured issuers.
 pub struct Authenticator {
     issuers: Vec<Arc<IssuerVerifier>>,
+    cache: cache::TokenCache,
+    /// Background key refreshes; stopped with the authenticator.
+    key_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Authenticator {
+    fn drop(&mut self) {
+        for task in &self.key_tasks {
+            task.abort();
+        }
+    }
 }
 
 impl Authenticator {
-    /// An authenticator over these issuers.
-    pub fn new(issuers: Vec<Arc<IssuerVerifier>>) -> Self {
-        Authenticator { issuers }
+    /// An authenticator over these issuers, with the token cache `auth` configures.
+    pub fn new(
+        issuers: Vec<Arc<IssuerVerifier>>,
+        auth: &kubegate_config::Auth,
+        key_tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        Authenticator {
+            issuers,
+            cache: cache::TokenCache::new(auth.token_cache_ttl, auth.token_cache_size),
+            key_tasks,
+        }
     }
 
     /// The issuers, for key refresh and readiness.
@@ -137,17 +157,65 @@ impl Authenticator {
         &self.issuers
     }
 
-    /// Authenticates a request from its headers.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    /// Authenticates a request: by its bearer token when it sends an `Authorization`
+    /// header (a bad token is refused even if a certificate was presented: the client
+    /// asked to be judged by it), otherwise by the verified client certificate.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client_cert: Option<&crate::tls::CertIdentity>,
+    ) -> Result<Arc<Identity>, AuthError> {
+        if !headers.contains_key(AUTHORIZATION)
+            && let Some(cert) = client_cert
+        {
+            return certificate_identity(cert).map(Arc::new);
+        }
         let token = bearer_token(headers)?;
+        let digest = self.cache.enabled().then(|| cache::digest_of(token));
+        if let Some(digest) = &digest
+            && let Some(identity) = self.cache.get(digest, |i| self.issuers[i].generation())
+        {
+            return Ok(identity);
+        }
         let issuer = jwt::unverified_issuer(token)?;
-        let verifier = self
+        let (index, verifier) = self
             .issuers
             .iter()
-            .find(|v| v.issuer() == issuer)
+            .enumerate()
+            .find(|(_, v)| v.issuer() == issuer)
             .ok_or(AuthError::UnknownIssuer)?;
-        verifier.verify(token)
+        // Read before verifying: a key change during verification must void this verdict.
+        let generation = verifier.generation();
+        let verified = verifier.verify(token).await?;
+        let identity = Arc::new(verified.identity);
+        if let Some(digest) = digest {
+            self.cache.insert(
+                digest,
+                identity.clone(),
+                verified.expires_at,
+                index,
+                generation,
+            );
+        }
+        Ok(identity)
     }
+}
+
+/// A client certificate's identity, under the same reserved-name rule as tokens.
+fn certificate_identity(cert: &crate::tls::CertIdentity) -> Result<Identity, AuthError> {
+    let reserved = |n: &str| n.starts_with("system:");
+    if reserved(&cert.username) || cert.groups.iter().any(|g| reserved(g)) {
+        return Err(AuthError::Claims(
+            "certificate names starting with \"system:\" are reserved for the cluster".into(),
+        ));
+    }
+    Ok(Identity {
+        username: cert.username.clone(),
+        uid: None,
+        groups: cert.groups.clone(),
+        extra: BTreeMap::new(),
+        claims: serde_json::Map::new(),
+    })
 }
 
 /// Extracts the one bearer token. Two `Authorization` headers are ambiguous (which one

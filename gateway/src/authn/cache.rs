@@ -1,0 +1,159 @@
+//! Verified tokens, remembered by their SHA-256 so a busy client pays for the signature
+//! check once.
+//!
+//! The cache holds a digest, never the token. An entry ends at the earlier of the token's
+//! `exp` and the configured TTL, and is ignored as soon as its issuer's key set changes,
+//! so a key the issuer revoked stops working at the next key refresh.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+
+use super::Identity;
+
+/// A token's digest.
+pub(crate) type TokenDigest = [u8; 32];
+
+/// The SHA-256 of a token.
+pub(crate) fn digest_of(token: &str) -> TokenDigest {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+struct Entry {
+    identity: Arc<Identity>,
+    /// Seconds since the epoch after which the entry is void.
+    until: u64,
+    issuer: usize,
+    generation: u64,
+}
+
+/// A bounded map from token digest to verified identity.
+pub(crate) struct TokenCache {
+    ttl: Duration,
+    capacity: usize,
+    entries: Mutex<HashMap<TokenDigest, Entry>>,
+}
+
+impl TokenCache {
+    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+        TokenCache {
+            ttl,
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// The identity for `digest`, if it was verified with issuer `issuer`'s keys of
+    /// generation `current(issuer)` and has not expired.
+    pub(crate) fn get(
+        &self,
+        digest: &TokenDigest,
+        current: impl Fn(usize) -> u64,
+    ) -> Option<Arc<Identity>> {
+        let now = now_secs();
+        let mut entries = self.entries.lock().ok()?;
+        let entry = entries.get(digest)?;
+        if entry.until > now && entry.generation == current(entry.issuer) {
+            return Some(entry.identity.clone());
+        }
+        entries.remove(digest);
+        None
+    }
+
+    pub(crate) fn insert(
+        &self,
+        digest: TokenDigest,
+        identity: Arc<Identity>,
+        expires_at: u64,
+        issuer: usize,
+        generation: u64,
+    ) {
+        let until = expires_at.min(now_secs().saturating_add(self.ttl.as_secs()));
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= self.capacity {
+            let now = now_secs();
+            entries.retain(|_, e| e.until > now);
+            // Still full of live entries: start over rather than grow. A miss only
+            // costs one signature check.
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            digest,
+            Entry {
+                identity,
+                until,
+                issuer,
+                generation,
+            },
+        );
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            username: name.into(),
+            uid: None,
+            groups: vec![],
+            extra: Default::default(),
+            claims: Default::default(),
+        })
+    }
+
+    #[test]
+    fn hits_until_expiry_or_key_change() {
+        let cache = TokenCache::new(Duration::from_secs(60), 10);
+        let d = digest_of("token-a");
+        cache.insert(d, id("a"), now_secs() + 3600, 0, 7);
+        assert_eq!(cache.get(&d, |_| 7).unwrap().username, "a");
+        assert!(cache.get(&d, |_| 8).is_none(), "new keys void old verdicts");
+        assert!(cache.get(&d, |_| 7).is_none(), "and the entry is gone");
+
+        let expired = digest_of("token-b");
+        cache.insert(expired, id("b"), now_secs() - 1, 0, 7);
+        assert!(cache.get(&expired, |_| 7).is_none(), "never past exp");
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let cache = TokenCache::new(Duration::from_secs(60), 4);
+        for i in 0..100 {
+            cache.insert(digest_of(&i.to_string()), id("x"), now_secs() + 60, 0, 0);
+            assert!(cache.len() <= 4);
+        }
+    }
+
+    #[test]
+    fn digests_differ_per_token() {
+        assert_ne!(digest_of("a"), digest_of("b"));
+        assert_eq!(digest_of("a"), digest_of("a"));
+    }
+}
