@@ -298,3 +298,33 @@ async fn http2_clients_are_served() {
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn mapped_uid_and_extra_are_forwarded_percent_encoded() {
+    let oidc = format!(
+        "[[auth.oidc]]\nissuer = \"{}\"\naudiences = [\"{}\"]\njwks_file = \"jwks.json\"\ngroups_claim = \"groups\"\nuid_claim = \"sid\"\nextra = {{ \"example.com/team\" = \"team\" }}\nusername_prefix = \"oidc:\"\n",
+        kubegate_tests::ISSUER,
+        kubegate_tests::AUDIENCE
+    );
+    let gw = TestGateway::start_with(GatewayOptions {
+        oidc_toml: Some(oidc),
+        policy: kubegate_tests::TEST_POLICY.replace(
+            "subjects = { groups = [\"devs\"] }",
+            "subjects = { users = [\"oidc:alice\"] }",
+        ),
+        ..GatewayOptions::default()
+    })
+    .await;
+    let mut claims = gw.issuer.claims("alice", &["devs"]);
+    claims["sid"] = json!("session-1");
+    claims["team"] = json!(["blue", "green"]);
+    let r = gw.get(PODS, &gw.issuer.sign(&claims)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let req = &gw.sandbox.requests()[0];
+    assert_eq!(req.impersonate_user(), Some("oidc:alice"));
+    assert_eq!(req.header_values("impersonate-uid"), vec!["session-1"]);
+    assert_eq!(
+        req.header_values("impersonate-extra-example.com%2fteam"),
+        vec!["blue", "green"]
+    );
+}

@@ -147,3 +147,16 @@ async fn ten_thousand_random_kids_cost_a_handful_of_fetches() {
         keys.verifier.fetch_count()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_key_source_keeps_the_last_good_set() {
+    let issuer = TestIssuer::rs256();
+    let keys = authenticator(&issuer, "0s").await;
+    std::fs::remove_file(keys.dir.path().join("jwks.json")).unwrap();
+    assert!(
+        keys.verifier.refresh_keys().await.is_err(),
+        "the failure is reported"
+    );
+    let token = issuer.token("alice", &[]);
+    assert!(keys.authn.authenticate(&bearer(&token), None).await.is_ok());
+}
