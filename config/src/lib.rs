@@ -59,6 +59,8 @@ pub struct Config {
     /// The operator listener for health and metrics; `None` when the file has no
     /// `[admin]` table.
     pub admin: Option<Admin>,
+    /// The audit trail.
+    pub audit: Audit,
 }
 
 /// The operator-facing plain-HTTP listener: `/livez`, `/readyz`, `/healthz`, `/metrics`.
@@ -254,6 +256,79 @@ pub struct Limits {
     /// port-forward) that moves no byte for this long is closed, so abandoned streams
     /// cannot pin gateway resources forever. Default 1 h.
     pub stream_idle_timeout: Duration,
+    /// Each identity's request quota. Long-running requests do not draw from it.
+    pub rate: Rate,
+    /// Quotas for particular users or groups; the first matching user entry wins, then
+    /// the first matching group entry, then `rate`.
+    pub overrides: Vec<RateOverride>,
+    /// Per client IP: requests whose credential still needs checking (an uncached token,
+    /// or none at all). Bounds the signature checks and key fetches one source can cause.
+    pub unauthenticated_rate: Rate,
+    /// Requests handled at once, in total. Default 2048.
+    pub max_in_flight: u32,
+    /// Requests handled at once for one identity. Default 128.
+    pub max_in_flight_per_user: u32,
+    /// Open watches, log follows and upgrades, in total. Default 4096.
+    pub max_streams: u32,
+    /// Open streams for one identity. Default 128.
+    pub max_streams_per_user: u32,
+    /// Open client connections. Default 8192.
+    pub max_connections: u32,
+}
+
+/// A token-bucket quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Sustained requests per second (never zero).
+    pub per_second: std::num::NonZeroU32,
+    /// Requests allowed at once above the sustained rate (never zero).
+    pub burst: std::num::NonZeroU32,
+}
+
+/// A quota for one user or group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateOverride {
+    /// Whom it applies to.
+    pub subject: RateSubject,
+    /// Their quota.
+    pub rate: Rate,
+}
+
+/// The subject of a [`RateOverride`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateSubject {
+    /// A username (after claim mapping and prefixes).
+    User(String),
+    /// A group.
+    Group(String),
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// JSON lines on standard output.
+    pub stdout: bool,
+    /// JSON lines in this file, rotated by size.
+    pub file: Option<PathBuf>,
+    /// Rotate before the file would grow past this many bytes. Default 100 MiB.
+    pub max_file_size: u64,
+    /// Rotated files kept (`audit.log.1` ...). Default 5.
+    pub max_backups: usize,
+    /// Records waiting for the writer before requests wait for it. Default 10,000.
+    pub queue_size: usize,
+}
+
+impl Default for Audit {
+    /// Without an `[audit]` table every record still goes somewhere: standard output.
+    fn default() -> Self {
+        Audit {
+            stdout: true,
+            file: None,
+            max_file_size: 100 * 1024 * 1024,
+            max_backups: 5,
+            queue_size: 10_000,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -261,6 +336,20 @@ impl Default for Limits {
         Limits {
             max_request_body: 3 * 1024 * 1024,
             stream_idle_timeout: Duration::from_secs(60 * 60),
+            rate: Rate {
+                per_second: std::num::NonZeroU32::new(50).unwrap_or(std::num::NonZeroU32::MIN),
+                burst: std::num::NonZeroU32::new(100).unwrap_or(std::num::NonZeroU32::MIN),
+            },
+            overrides: Vec::new(),
+            unauthenticated_rate: Rate {
+                per_second: std::num::NonZeroU32::new(20).unwrap_or(std::num::NonZeroU32::MIN),
+                burst: std::num::NonZeroU32::new(40).unwrap_or(std::num::NonZeroU32::MIN),
+            },
+            max_in_flight: 2048,
+            max_in_flight_per_user: 128,
+            max_streams: 4096,
+            max_streams_per_user: 128,
+            max_connections: 8192,
         }
     }
 }

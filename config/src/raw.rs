@@ -15,6 +15,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) limits: RawLimits,
     pub(crate) admin: Option<Spanned<RawAdmin>>,
+    pub(crate) audit: Option<Spanned<RawAudit>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,4 +81,34 @@ pub(crate) struct RawOidc {
 pub(crate) struct RawLimits {
     pub(crate) max_request_body: Option<Spanned<u64>>,
     pub(crate) stream_idle_timeout: Option<Spanned<String>>,
+    pub(crate) requests_per_second: Option<Spanned<u32>>,
+    pub(crate) burst: Option<Spanned<u32>>,
+    pub(crate) unauthenticated_per_second: Option<Spanned<u32>>,
+    pub(crate) unauthenticated_burst: Option<Spanned<u32>>,
+    pub(crate) max_in_flight: Option<Spanned<u32>>,
+    pub(crate) max_in_flight_per_user: Option<Spanned<u32>>,
+    pub(crate) max_streams: Option<Spanned<u32>>,
+    pub(crate) max_streams_per_user: Option<Spanned<u32>>,
+    pub(crate) max_connections: Option<Spanned<u32>>,
+    #[serde(default, rename = "override")]
+    pub(crate) overrides: Vec<Spanned<RawRateOverride>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateOverride {
+    pub(crate) user: Option<Spanned<String>>,
+    pub(crate) group: Option<Spanned<String>>,
+    pub(crate) requests_per_second: Spanned<u32>,
+    pub(crate) burst: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub(crate) stdout: Option<Spanned<bool>>,
+    pub(crate) file: Option<Spanned<String>>,
+    pub(crate) max_file_size: Option<Spanned<u64>>,
+    pub(crate) max_backups: Option<Spanned<usize>>,
+    pub(crate) queue_size: Option<Spanned<usize>>,
 }

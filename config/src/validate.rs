@@ -33,6 +33,11 @@ pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
         policy: v.readable_file(&raw.policy, "policy")?,
         limits: v.limits(raw.limits)?,
         admin: raw.admin.map(|a| v.admin(a.into_inner())).transpose()?,
+        audit: raw
+            .audit
+            .map(|a| v.audit(a))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -442,8 +447,149 @@ impl Validator<'_> {
         })
     }
 
+    fn positive(
+        &self,
+        raw: &Option<Spanned<u32>>,
+        field: &str,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        match raw {
+            Some(n) if *n.get_ref() == 0 => Err(self.err(n, field, "must be greater than zero")),
+            Some(n) => Ok(*n.get_ref()),
+            None => Ok(default),
+        }
+    }
+
+    fn rate(
+        &self,
+        per_second: &Option<Spanned<u32>>,
+        burst: &Option<Spanned<u32>>,
+        (per_field, burst_field): (&str, &str),
+        default: crate::Rate,
+    ) -> Result<crate::Rate, ConfigError> {
+        let nz = |n: u32| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+        let per = self.positive(per_second, per_field, default.per_second.get())?;
+        // A burst defaults to twice the rate when only the rate is given.
+        let burst_default = if per_second.is_some() {
+            per.saturating_mul(2)
+        } else {
+            default.burst.get()
+        };
+        let burst = self.positive(burst, burst_field, burst_default)?;
+        Ok(crate::Rate {
+            per_second: nz(per),
+            burst: nz(burst),
+        })
+    }
+
+    fn audit(&self, raw: Spanned<crate::raw::RawAudit>) -> Result<crate::Audit, ConfigError> {
+        let location = self.map.location(raw.span(), "audit");
+        let raw = raw.into_inner();
+        let defaults = crate::Audit::default();
+        let file = raw.file.as_ref().map(|f| self.base.join(f.get_ref()));
+        // A file was named: stdout only if asked for as well.
+        let stdout = raw.stdout.as_ref().map_or(file.is_none(), |b| *b.get_ref());
+        if !stdout && file.is_none() {
+            return Err(location
+                .error("audit records must go somewhere: set file = \"<path>\" or stdout = true"));
+        }
+        if let Some(f) = &raw.file
+            && let Some(parent) = self.base.join(f.get_ref()).parent()
+            && !parent.is_dir()
+        {
+            return Err(self.err(
+                f,
+                "audit.file",
+                format!("directory {} does not exist", parent.display()),
+            ));
+        }
+        let positive = |n: &Option<Spanned<usize>>, field: &str, default: usize| match n {
+            Some(n) if *n.get_ref() == 0 => Err(self.err(n, field, "must be greater than zero")),
+            Some(n) => Ok(*n.get_ref()),
+            None => Ok(default),
+        };
+        let max_file_size = match &raw.max_file_size {
+            Some(n) if *n.get_ref() < 4096 => {
+                return Err(self.err(n, "audit.max_file_size", "must be at least 4096 bytes"));
+            }
+            Some(n) => *n.get_ref(),
+            None => defaults.max_file_size,
+        };
+        Ok(crate::Audit {
+            stdout,
+            file,
+            max_file_size,
+            max_backups: positive(&raw.max_backups, "audit.max_backups", defaults.max_backups)?,
+            queue_size: positive(&raw.queue_size, "audit.queue_size", defaults.queue_size)?,
+        })
+    }
+
     fn limits(&self, raw: crate::raw::RawLimits) -> Result<Limits, ConfigError> {
         let mut limits = Limits::default();
+        limits.rate = self.rate(
+            &raw.requests_per_second,
+            &raw.burst,
+            ("limits.requests_per_second", "limits.burst"),
+            limits.rate,
+        )?;
+        limits.unauthenticated_rate = self.rate(
+            &raw.unauthenticated_per_second,
+            &raw.unauthenticated_burst,
+            (
+                "limits.unauthenticated_per_second",
+                "limits.unauthenticated_burst",
+            ),
+            limits.unauthenticated_rate,
+        )?;
+        limits.max_in_flight = self.positive(
+            &raw.max_in_flight,
+            "limits.max_in_flight",
+            limits.max_in_flight,
+        )?;
+        limits.max_in_flight_per_user = self.positive(
+            &raw.max_in_flight_per_user,
+            "limits.max_in_flight_per_user",
+            limits.max_in_flight_per_user,
+        )?;
+        limits.max_streams =
+            self.positive(&raw.max_streams, "limits.max_streams", limits.max_streams)?;
+        limits.max_streams_per_user = self.positive(
+            &raw.max_streams_per_user,
+            "limits.max_streams_per_user",
+            limits.max_streams_per_user,
+        )?;
+        limits.max_connections = self.positive(
+            &raw.max_connections,
+            "limits.max_connections",
+            limits.max_connections,
+        )?;
+        for o in &raw.overrides {
+            let entry = o.get_ref();
+            let subject = match (&entry.user, &entry.group) {
+                (Some(u), None) if !u.get_ref().is_empty() => {
+                    crate::RateSubject::User(u.get_ref().clone())
+                }
+                (None, Some(g)) if !g.get_ref().is_empty() => {
+                    crate::RateSubject::Group(g.get_ref().clone())
+                }
+                _ => {
+                    return Err(self
+                        .map
+                        .location(o.span(), "limits.override")
+                        .error("name exactly one non-empty user or group"));
+                }
+            };
+            let rate = self.rate(
+                &Some(entry.requests_per_second.clone()),
+                &entry.burst,
+                (
+                    "limits.override.requests_per_second",
+                    "limits.override.burst",
+                ),
+                limits.rate,
+            )?;
+            limits.overrides.push(crate::RateOverride { subject, rate });
+        }
         if let Some(max) = &raw.max_request_body {
             if *max.get_ref() == 0 {
                 return Err(self.err(max, "limits.max_request_body", "must be greater than zero"));
@@ -566,6 +712,53 @@ algorithms = ["RS256", "ES256"]
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn limits_and_overrides() {
+        let text = format!(
+            "{GOOD}\n[limits]\nrequests_per_second = 5\nmax_in_flight = 10\n[[limits.override]]\ngroup = \"ci\"\nrequests_per_second = 100\nburst = 300\n"
+        );
+        let c = Dir::new().parse(&text).unwrap();
+        assert_eq!(c.limits.rate.per_second.get(), 5);
+        assert_eq!(
+            c.limits.rate.burst.get(),
+            10,
+            "burst defaults to twice the rate"
+        );
+        assert_eq!(c.limits.max_in_flight, 10);
+        assert_eq!(
+            c.limits.overrides[0].subject,
+            crate::RateSubject::Group("ci".into())
+        );
+        assert_eq!(c.limits.overrides[0].rate.burst.get(), 300);
+        let zero = text.replace("requests_per_second = 5", "requests_per_second = 0");
+        assert_eq!(
+            error_of(&zero).field.as_deref(),
+            Some("limits.requests_per_second")
+        );
+        let both = text.replace("group = \"ci\"", "group = \"ci\"\nuser = \"a\"");
+        assert!(error_of(&both).message.contains("exactly one"));
+    }
+
+    #[test]
+    fn audit_goes_to_stdout_by_default_and_somewhere_always() {
+        let d = Dir::new();
+        let c = d.parse(GOOD).unwrap();
+        assert!(c.audit.stdout && c.audit.file.is_none());
+        let c = d
+            .parse(&format!("{GOOD}\n[audit]\nfile = \"audit.log\"\n"))
+            .unwrap();
+        assert!(!c.audit.stdout);
+        assert_eq!(c.audit.file, Some(d.0.path().join("audit.log")));
+        let e = d
+            .parse(&format!("{GOOD}\n[audit]\nstdout = false\n"))
+            .unwrap_err();
+        assert!(e.message.contains("must go somewhere"), "{e}");
+        let e = d
+            .parse(&format!("{GOOD}\n[audit]\nfile = \"nope/audit.log\"\n"))
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("audit.file"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::authn::keys::start_key_loading;
 use crate::authn::{Authenticator, IssuerVerifier, KeySet};
 use crate::authz::{PolicyStore, load_policy};
 use crate::pipeline::{Gateway, router};
-use crate::reload::PolicyReloader;
+use crate::reload::{CertReloader, PolicyReloader};
 use crate::server::{ServeOptions, serve};
 use crate::tls::{CertStore, load_certified_key, server_config};
 use crate::upstream::Upstream;
@@ -58,6 +58,7 @@ pub struct Prepared {
     options: ServeOptions,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
+    tls_files: (std::path::PathBuf, std::path::PathBuf),
 }
 
 /// Validates everything the configuration points at without starting anything:
@@ -147,10 +148,12 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         options: ServeOptions {
             handshake_timeout: listen.handshake_timeout,
             header_read_timeout: listen.header_read_timeout,
+            max_connections: config.limits.max_connections as usize,
             ..ServeOptions::default()
         },
         listen: listen.addr,
         admin: config.admin.as_ref().map(|a| a.addr),
+        tls_files: (listen.tls_cert.value.clone(), listen.tls_key.value.clone()),
     })
 }
 
@@ -161,6 +164,7 @@ pub struct Running {
     admin_task: Option<JoinHandle<()>>,
     gateway: Arc<Gateway>,
     _reloader: PolicyReloader,
+    _cert_reloader: CertReloader,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -251,6 +255,13 @@ impl Prepared {
             }
             None => (None, None),
         };
+        let cert_reloader = CertReloader::start(
+            self.certs.clone(),
+            self.tls_files.0.clone(),
+            self.tls_files.1.clone(),
+            self.reload_on_sighup,
+        )
+        .map_err(|e| StartError::Runtime(format!("cannot watch the TLS certificate files: {e}")))?;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(listener, self.tls, app, self.options, async {
             let _ = rx.await;
@@ -261,6 +272,7 @@ impl Prepared {
             admin_task,
             gateway: self.gateway,
             _reloader: reloader,
+            _cert_reloader: cert_reloader,
             shutdown: Some(tx),
             task,
         })

@@ -36,6 +36,16 @@ pub enum GatewayError {
         /// The cap, in bytes.
         limit: u64,
     },
+    /// Over a rate or concurrency limit (client's fault; try again later).
+    #[error("{message}")]
+    TooManyRequests {
+        /// Which limit, as a metric label: `user`, `address` or `concurrency`.
+        limit: &'static str,
+        /// Which limit, in words.
+        message: String,
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// The upstream could not be reached or broke the connection (upstream's fault).
     #[error("upstream unavailable")]
     UpstreamUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -56,6 +66,7 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,6 +80,7 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => "Unauthorized",
             GatewayError::Forbidden { .. } => "Forbidden",
             GatewayError::PayloadTooLarge { .. } => "RequestEntityTooLarge",
+            GatewayError::TooManyRequests { .. } => "TooManyRequests",
             GatewayError::UpstreamUnavailable(_) => "ServiceUnavailable",
             GatewayError::UpstreamTimeout(_) => "Timeout",
             GatewayError::Internal(_) => "InternalError",
@@ -94,6 +106,13 @@ impl GatewayError {
     /// Renders the error as a Kubernetes `Status` response.
     pub fn into_response(self) -> Response {
         let code = self.status();
+        let retry_after = match &self {
+            // Whole seconds, rounded up: a client retrying early is refused again.
+            GatewayError::TooManyRequests { retry_after, .. } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
         let status = Status {
             kind: "Status",
             api_version: "v1",
@@ -115,6 +134,9 @@ impl GatewayError {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache, private"),
         );
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if code == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -170,6 +192,21 @@ mod tests {
         assert_eq!(v["status"], "Failure");
         assert_eq!(v["reason"], "Unauthorized");
         assert_eq!(v["code"], 401);
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_says_when_to_retry() {
+        let r = GatewayError::TooManyRequests {
+            limit: "user",
+            message: "slow down".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        let v = body_json(r).await;
+        assert_eq!(v["reason"], "TooManyRequests");
+        assert_eq!(v["code"], 429);
     }
 
     #[tokio::test]

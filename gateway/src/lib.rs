@@ -14,6 +14,7 @@ pub mod authz;
 pub mod dev;
 pub mod error;
 pub mod forward;
+pub mod limits;
 pub mod observe;
 pub mod pipeline;
 pub mod reload;

@@ -26,6 +26,10 @@ pub const AUTH_FAILURES: &str = "kubegate_authentication_failures_total";
 pub const JWKS_FETCHES: &str = "kubegate_jwks_fetches_total";
 /// Policy reloads, by `result` (`ok`, `error`).
 pub const POLICY_RELOADS: &str = "kubegate_policy_reloads_total";
+/// TLS certificate reloads, by `result` (`ok`, `error`).
+pub const CERT_RELOADS: &str = "kubegate_certificate_reloads_total";
+/// Requests refused by a rate or concurrency limit, by `limit`.
+pub const RATE_LIMITED: &str = "kubegate_rate_limited_total";
 
 /// The process's recorder. Installed once; later gateways in the same process (tests)
 /// share it.
@@ -70,6 +74,8 @@ fn describe() {
     describe_counter!(AUTH_FAILURES, "Authentication failures, by reason.");
     describe_counter!(JWKS_FETCHES, "Issuer key fetches, by result.");
     describe_counter!(POLICY_RELOADS, "Policy reloads, by result.");
+    describe_counter!(CERT_RELOADS, "TLS certificate reloads, by result.");
+    describe_counter!(RATE_LIMITED, "Requests refused by a rate or concurrency limit.");
 }
 
 /// Verbs as metric labels: the Kubernetes verbs and HTTP methods, anything else `other`.
@@ -125,6 +131,16 @@ pub fn jwks_fetch(ok: bool) {
 /// Records a policy reload.
 pub fn policy_reload(ok: bool) {
     counter!(POLICY_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Records a certificate reload.
+pub fn certificate_reload(ok: bool) {
+    counter!(CERT_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Records a request refused by a limit (`user`, `address`, `concurrency`).
+pub fn rate_limited(limit: &'static str) {
+    counter!(RATE_LIMITED, "limit" => limit).increment(1);
 }
 
 /// Counts a request in flight until dropped.

@@ -36,6 +36,9 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// How long open connections may take to finish after shutdown begins.
     pub grace_period: Duration,
+    /// Open client connections at most; past it the gateway stops accepting (new
+    /// clients wait in the kernel's backlog) until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
@@ -44,6 +47,7 @@ impl Default for ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             grace_period: Duration::from_secs(30),
+            max_connections: 8192,
         }
     }
 }
@@ -76,8 +80,16 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
 
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -97,6 +109,8 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let handshake_timeout = options.handshake_timeout;
         tokio::spawn(async move {
+            // Held for the connection's life.
+            let _slot = slot;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {

@@ -404,6 +404,23 @@ port = 0
     }
 }
 
+/// A raw TLS connector trusting `ca_pem` (for connection-level tests).
+pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("add root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+}
+
 /// An HTTPS client trusting `ca_pem`; `http1_only` forces HTTP/1.1 (for headers that
 /// HTTP/2 forbids, like `Connection`).
 pub fn https_client(

@@ -157,6 +157,20 @@ impl Authenticator {
         &self.issuers
     }
 
+    /// Whether authenticating these headers would cost a signature check (or is a
+    /// request with no credential at all): what the per-address limit charges for. A
+    /// request carried by a verified client certificate costs nothing here.
+    pub fn needs_verification(&self, headers: &HeaderMap, has_client_cert: bool) -> bool {
+        let Ok(token) = bearer_token(headers) else {
+            return !(has_client_cert && !headers.contains_key(AUTHORIZATION));
+        };
+        !self.cache.enabled()
+            || self
+                .cache
+                .get(&cache::digest_of(token), |i| self.issuers[i].generation())
+                .is_none()
+    }
+
     /// Authenticates a request: by its bearer token when it sends an `Authorization`
     /// header (a bad token is refused even if a certificate was presented: the client
     /// asked to be judged by it), otherwise by the verified client certificate.

@@ -1,0 +1,363 @@
+//! Admission control: who may start another request now.
+//!
+//! - Each identity has a token bucket (governor's GCRA) with a default quota and
+//!   per-user or per-group overrides; one noisy user drains only their own bucket.
+//! - Per client IP, requests whose credential still needs checking (no token, or a token
+//!   not in the verified cache) draw from a separate bucket *before* any signature check
+//!   or key fetch runs, so token guessing and kid floods are bounded per source.
+//! - Concurrency is capped in total and per identity; long-running requests (watch,
+//!   exec, port-forward, log follow) are counted by their own caps and do not draw from
+//!   the request-rate bucket, so an open `kubectl get -w` never starves a user's quota.
+//!
+//! The rate limiters are generic over governor's clock, so tests drive time by hand.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use kubegate_config::{Limits, Rate, RateSubject};
+
+use crate::error::GatewayError;
+
+type Keyed<K, C> =
+    RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+fn quota(rate: Rate) -> Quota {
+    Quota::per_second(rate.per_second).allow_burst(rate.burst)
+}
+
+/// Which cap a request is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An ordinary request: draws from the rate bucket and the in-flight caps.
+    Request,
+    /// A watch, log follow or upgrade: counted by the stream caps only.
+    Stream,
+}
+
+/// Admission state for one gateway.
+pub struct Admission<C: Clock = DefaultClock> {
+    clock: C,
+    /// `[0]` is the default quota; then one limiter per override, in config order.
+    buckets: Vec<Keyed<String, C>>,
+    overrides: Vec<(RateSubject, usize)>,
+    unauthenticated: Keyed<IpAddr, C>,
+    requests: Counter,
+    streams: Counter,
+}
+
+/// Holds a concurrency slot until dropped.
+#[must_use = "the slot is released when this is dropped"]
+pub struct Permit {
+    counter: Arc<CounterInner>,
+    user: String,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.counter.state.lock() {
+            state.total = state.total.saturating_sub(1);
+            if let Some(n) = state.per_user.get_mut(&self.user) {
+                *n -= 1;
+                if *n == 0 {
+                    state.per_user.remove(&self.user);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Counter(Arc<CounterInner>);
+
+struct CounterInner {
+    max_total: u32,
+    max_per_user: u32,
+    state: Mutex<CounterState>,
+}
+
+#[derive(Default)]
+struct CounterState {
+    total: u32,
+    per_user: HashMap<String, u32>,
+}
+
+impl Counter {
+    fn new(max_total: u32, max_per_user: u32) -> Self {
+        Counter(Arc::new(CounterInner {
+            max_total,
+            max_per_user,
+            state: Mutex::new(CounterState::default()),
+        }))
+    }
+
+    fn acquire(&self, user: &str, what: &'static str) -> Result<Permit, GatewayError> {
+        let inner = &self.0;
+        let mut state = inner
+            .state
+            .lock()
+            .map_err(|_| GatewayError::Internal("admission state poisoned".into()))?;
+        if state.total >= inner.max_total {
+            return Err(GatewayError::TooManyRequests {
+                limit: "concurrency",
+                message: format!("the gateway is at its limit of {} concurrent {what}", inner.max_total),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let mine = state.per_user.get(user).copied().unwrap_or(0);
+        if mine >= inner.max_per_user {
+            return Err(GatewayError::TooManyRequests {
+                limit: "concurrency",
+                message: format!("you are at your limit of {} concurrent {what}", inner.max_per_user),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        state.total += 1;
+        *state.per_user.entry(user.to_string()).or_default() += 1;
+        Ok(Permit {
+            counter: inner.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Admission<DefaultClock> {
+    /// Admission for `limits` on the real clock.
+    pub fn new(limits: &Limits) -> Self {
+        Self::with_clock(limits, DefaultClock::default())
+    }
+}
+
+impl<C> Admission<C>
+where
+    C: Clock + Clone,
+    C::Instant: Reference,
+{
+    /// Admission for `limits` on `clock`.
+    pub fn with_clock(limits: &Limits, clock: C) -> Self {
+        let keyed = |rate: Rate| {
+            RateLimiter::new(quota(rate), DefaultKeyedStateStore::default(), clock.clone())
+        };
+        let mut buckets = vec![keyed(limits.rate)];
+        let mut overrides = Vec::new();
+        for o in &limits.overrides {
+            overrides.push((o.subject.clone(), buckets.len()));
+            buckets.push(keyed(o.rate));
+        }
+        Admission {
+            unauthenticated: RateLimiter::new(
+                quota(limits.unauthenticated_rate),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
+            clock,
+            buckets,
+            overrides,
+            requests: Counter::new(limits.max_in_flight, limits.max_in_flight_per_user),
+            streams: Counter::new(limits.max_streams, limits.max_streams_per_user),
+        }
+    }
+
+    /// Charges unauthenticated work (a credential that still needs checking) to `ip`.
+    pub fn check_unauthenticated(&self, ip: IpAddr) -> Result<(), GatewayError> {
+        self.unauthenticated.check_key(&ip).map_err(|not_until| {
+            GatewayError::TooManyRequests {
+                limit: "address",
+                message: "too many unauthenticated requests from your address".into(),
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            }
+        })
+    }
+
+    /// Admits a request from `user` in `groups`: a rate-bucket token (ordinary requests
+    /// only) and a concurrency slot, held until the returned permit is dropped.
+    pub fn admit(&self, user: &str, groups: &[String], kind: Kind) -> Result<Permit, GatewayError> {
+        match kind {
+            Kind::Stream => self.streams.acquire(user, "streams"),
+            Kind::Request => {
+                let bucket = &self.buckets[self.bucket_for(user, groups)];
+                bucket.check_key(&user.to_string()).map_err(|not_until| {
+                    GatewayError::TooManyRequests {
+                        limit: "user",
+                        message: "you are over your request quota".into(),
+                        retry_after: not_until.wait_time_from(self.clock.now()),
+                    }
+                })?;
+                self.requests.acquire(user, "requests")
+            }
+        }
+    }
+
+    /// The bucket index for an identity: a user override first, then a group override,
+    /// then the default.
+    fn bucket_for(&self, user: &str, groups: &[String]) -> usize {
+        let by_user = self
+            .overrides
+            .iter()
+            .find(|(s, _)| matches!(s, RateSubject::User(u) if u == user));
+        let by_group = || {
+            self.overrides
+                .iter()
+                .find(|(s, _)| matches!(s, RateSubject::Group(g) if groups.contains(g)))
+        };
+        by_user.or_else(by_group).map_or(0, |(_, i)| *i)
+    }
+
+    /// Forgets buckets that are full again, so the key maps do not grow with every user
+    /// and address ever seen. Called periodically.
+    pub fn prune(&self) {
+        for b in &self.buckets {
+            b.retain_recent();
+            b.shrink_to_fit();
+        }
+        self.unauthenticated.retain_recent();
+        self.unauthenticated.shrink_to_fit();
+    }
+}
+
+/// The rate for a `NonZeroU32` pair; for tests and examples.
+pub fn rate(per_second: u32, burst: u32) -> Rate {
+    let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    Rate {
+        per_second: nz(per_second),
+        burst: nz(burst),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use kubegate_config::RateOverride;
+
+    fn limits() -> Limits {
+        Limits {
+            rate: rate(1, 3),
+            unauthenticated_rate: rate(1, 2),
+            max_in_flight: 100,
+            max_in_flight_per_user: 2,
+            max_streams: 100,
+            max_streams_per_user: 1,
+            ..Limits::default()
+        }
+    }
+
+    fn groups(g: &[&str]) -> Vec<String> {
+        g.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_noisy_user_never_starves_another() {
+        let clock = FakeRelativeClock::default();
+        let a = Admission::with_clock(&limits(), clock.clone());
+        // Mallory spends her burst and is refused from then on.
+        for _ in 0..3 {
+            drop(a.admit("mallory", &[], Kind::Request).unwrap());
+        }
+        for _ in 0..100 {
+            let err = a.admit("mallory", &[], Kind::Request).err().unwrap();
+            assert!(matches!(err, GatewayError::TooManyRequests { .. }));
+        }
+        // Alice is untouched by Mallory's flood.
+        for _ in 0..3 {
+            drop(a.admit("alice", &[], Kind::Request).unwrap());
+        }
+        // A second later Mallory has one more token, no more.
+        clock.advance(Duration::from_secs(1));
+        drop(a.admit("mallory", &[], Kind::Request).unwrap());
+        assert!(a.admit("mallory", &[], Kind::Request).is_err());
+    }
+
+    #[test]
+    fn retry_after_says_when_the_next_token_comes() {
+        let clock = FakeRelativeClock::default();
+        let a = Admission::with_clock(&limits(), clock.clone());
+        for _ in 0..3 {
+            drop(a.admit("bob", &[], Kind::Request).unwrap());
+        }
+        clock.advance(Duration::from_millis(400));
+        match a.admit("bob", &[], Kind::Request) {
+            Err(GatewayError::TooManyRequests { retry_after, .. }) => {
+                assert_eq!(retry_after, Duration::from_millis(600));
+            }
+            _ => panic!("expected 429"),
+        }
+    }
+
+    #[test]
+    fn overrides_by_user_then_group() {
+        let mut l = limits();
+        l.overrides = vec![
+            RateOverride {
+                subject: RateSubject::Group("ci".into()),
+                rate: rate(1, 10),
+            },
+            RateOverride {
+                subject: RateSubject::User("slow".into()),
+                rate: rate(1, 1),
+            },
+        ];
+        let a = Admission::with_clock(&l, FakeRelativeClock::default());
+        for _ in 0..10 {
+            drop(a.admit("bot", &groups(&["ci"]), Kind::Request).unwrap());
+        }
+        assert!(a.admit("bot", &groups(&["ci"]), Kind::Request).is_err());
+        // The user entry wins over the group entry.
+        drop(a.admit("slow", &groups(&["ci"]), Kind::Request).unwrap());
+        assert!(a.admit("slow", &groups(&["ci"]), Kind::Request).is_err());
+    }
+
+    #[test]
+    fn concurrency_caps_per_user_and_streams_apart() {
+        let a = Admission::with_clock(
+            &Limits {
+                rate: rate(1000, 1000),
+                ..limits()
+            },
+            FakeRelativeClock::default(),
+        );
+        let p1 = a.admit("alice", &[], Kind::Request).unwrap();
+        let _p2 = a.admit("alice", &[], Kind::Request).unwrap();
+        assert!(a.admit("alice", &[], Kind::Request).is_err(), "two at once");
+        // A stream is counted apart, by its own cap.
+        let s1 = a.admit("alice", &[], Kind::Stream).unwrap();
+        assert!(a.admit("alice", &[], Kind::Stream).is_err(), "one stream at once");
+        drop(p1);
+        drop(a.admit("alice", &[], Kind::Request).unwrap());
+        drop(s1);
+        drop(a.admit("alice", &[], Kind::Stream).unwrap());
+    }
+
+    #[test]
+    fn unauthenticated_work_is_bounded_per_address() {
+        let clock = FakeRelativeClock::default();
+        let a = Admission::with_clock(&limits(), clock.clone());
+        let attacker: IpAddr = [10, 0, 0, 1].into();
+        let other: IpAddr = [10, 0, 0, 2].into();
+        assert!(a.check_unauthenticated(attacker).is_ok());
+        assert!(a.check_unauthenticated(attacker).is_ok());
+        assert!(a.check_unauthenticated(attacker).is_err());
+        assert!(a.check_unauthenticated(other).is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert!(a.check_unauthenticated(attacker).is_ok());
+    }
+
+    #[test]
+    fn pruning_forgets_idle_keys() {
+        let clock = FakeRelativeClock::default();
+        let a = Admission::with_clock(&limits(), clock.clone());
+        for i in 0..50 {
+            drop(a.admit(&format!("user{i}"), &[], Kind::Request).unwrap());
+        }
+        assert_eq!(a.buckets[0].len(), 50);
+        clock.advance(Duration::from_secs(60));
+        a.prune();
+        assert_eq!(a.buckets[0].len(), 0);
+    }
+}
