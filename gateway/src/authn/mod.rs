@@ -162,7 +162,8 @@ impl Authenticator {
     /// request carried by a verified client certificate costs nothing here.
     pub fn needs_verification(&self, headers: &HeaderMap, has_client_cert: bool) -> bool {
         let Ok(token) = bearer_token(headers) else {
-            return !(has_client_cert && !headers.contains_key(AUTHORIZATION));
+            // No usable token: free only when a verified certificate carries the request.
+            return !has_client_cert || headers.contains_key(AUTHORIZATION);
         };
         !self.cache.enabled()
             || self
