@@ -52,7 +52,10 @@ fn fixture(rt: &tokio::runtime::Runtime, alg: Algorithm, cache_ttl: &str) -> Fix
     header.kid = Some("bench".into());
     let token = jsonwebtoken::encode(&header, &claims, &key).expect("token");
     let mut headers = HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    headers.insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
     Fixture {
         _dir: dir,
         authn,
@@ -68,11 +71,17 @@ fn verify(c: &mut Criterion) {
     for (name, alg) in [("RS256", Algorithm::RS256), ("ES256", Algorithm::ES256)] {
         let miss = fixture(&rt, alg, "0s");
         c.bench_function(&format!("authenticate/{name}/miss"), |b| {
-            b.iter(|| rt.block_on(miss.authn.authenticate(&miss.headers, None)).expect("valid"))
+            b.iter(|| {
+                rt.block_on(miss.authn.authenticate(&miss.headers, None))
+                    .expect("valid")
+            })
         });
         let hit = fixture(&rt, alg, "60s");
         c.bench_function(&format!("authenticate/{name}/hit"), |b| {
-            b.iter(|| rt.block_on(hit.authn.authenticate(&hit.headers, None)).expect("valid"))
+            b.iter(|| {
+                rt.block_on(hit.authn.authenticate(&hit.headers, None))
+                    .expect("valid")
+            })
         });
     }
 }

@@ -112,12 +112,17 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
     let key = load_certified_key(&listen.tls_cert.value, &listen.tls_key.value)
         .map_err(|e| listen.tls_cert.location.error(e.to_string()))?;
     let certs = CertStore::new(key);
-    let tls =
-        server_config(certs.clone(), listen.client_ca.as_ref().map(|c| c.value.as_path()))
-            .map_err(|e| {
-                let at = listen.client_ca.as_ref().map_or(&listen.tls_cert.location, |c| &c.location);
-                at.error(e.to_string())
-            })?;
+    let tls = server_config(
+        certs.clone(),
+        listen.client_ca.as_ref().map(|c| c.value.as_path()),
+    )
+    .map_err(|e| {
+        let at = listen
+            .client_ca
+            .as_ref()
+            .map_or(&listen.tls_cert.location, |c| &c.location);
+        at.error(e.to_string())
+    })?;
     let upstream = Upstream::load(&config.upstream)
         .await
         .map_err(|e| config.upstream.location.error(e.to_string()))?;
@@ -127,18 +132,31 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         .oidc
         .iter()
         .map(|i| {
-            IssuerVerifier::new(i.clone())
-                .map(Arc::new)
-                .map_err(|e| i.location.error(format!("cannot set up TLS for this issuer: {e}")))
+            IssuerVerifier::new(i.clone()).map(Arc::new).map_err(|e| {
+                i.location
+                    .error(format!("cannot set up TLS for this issuer: {e}"))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let key_tasks = start_key_loading(&issuers).await;
+
+    let audit = crate::audit::AuditLog::start(crate::audit::AuditConfig {
+        stdout: config.audit.stdout,
+        file: config.audit.file.clone(),
+        max_file_size: config.audit.max_file_size,
+        max_backups: config.audit.max_backups,
+        queue_size: config.audit.queue_size,
+    })
+    .map_err(|e| StartError::Runtime(format!("cannot open the audit log: {e}")))?;
 
     let gateway = Gateway {
         authn: Authenticator::new(issuers, &config.auth, key_tasks),
         policy: Arc::new(PolicyStore::new(config.policy.value.clone(), policy)),
         upstream,
         limits: config.limits.clone(),
+        admission: crate::limits::Admission::new(&config.limits),
+        audit,
+        pending_audit: crate::record::Pending::default(),
     };
     Ok(Prepared {
         gateway: Arc::new(gateway),
@@ -165,8 +183,20 @@ pub struct Running {
     gateway: Arc<Gateway>,
     _reloader: PolicyReloader,
     _cert_reloader: CertReloader,
+    pruner: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Running {
+    // A gateway dropped without `shutdown` (a test's) stops serving and leaves no task.
+    fn drop(&mut self) {
+        self.task.abort();
+        self.pruner.abort();
+        if let Some(admin) = self.admin_task.take() {
+            admin.abort();
+        }
+    }
 }
 
 impl Running {
@@ -193,10 +223,20 @@ impl Running {
         let result = (&mut self.task)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Every connection has ended; write the records of streams that ended with them,
+        // then flush the trail.
+        self.gateway
+            .pending_audit
+            .drained(std::time::Duration::from_secs(5))
+            .await;
+        if let Err(e) = self.gateway.audit.clone().close().await {
+            tracing::error!(error = %e, "the audit log did not close cleanly");
+        }
         // Health stays answerable until the user-facing listener has drained.
         if let Some(admin) = self.admin_task.take() {
             admin.abort();
         }
+        self.pruner.abort();
         result
     }
 
@@ -262,6 +302,16 @@ impl Prepared {
             self.reload_on_sighup,
         )
         .map_err(|e| StartError::Runtime(format!("cannot watch the TLS certificate files: {e}")))?;
+        let pruner = {
+            let gateway = self.gateway.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    gateway.admission.prune();
+                }
+            })
+        };
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(listener, self.tls, app, self.options, async {
             let _ = rx.await;
@@ -273,6 +323,7 @@ impl Prepared {
             gateway: self.gateway,
             _reloader: reloader,
             _cert_reloader: cert_reloader,
+            pruner,
             shutdown: Some(tx),
             task,
         })

@@ -112,7 +112,7 @@ impl DevEnvironment {
             DevUpstream::Sandbox(s) => format!("the built-in sandbox at {}", s.url()),
         };
         let mut out = format!(
-            "kubegate dev is listening on {url}\n  upstream: {upstream}\n  files:    {dir}\n  health and metrics: {admin}\n\nSample users (tokens valid {hours} h):\n",
+            "kubegate dev is listening on {url}\n  upstream: {upstream}\n  files:    {dir}\n  audit:    {dir}/audit.log\n  health and metrics: {admin}\n\nSample users (tokens valid {hours} h):\n",
             admin = self
                 .running
                 .admin_addr()
@@ -216,6 +216,9 @@ algorithms = ["ES256"]
 [admin]
 address = "127.0.0.1"
 port = 0
+
+[audit]
+file = "audit.log"
 "#,
         ip = addr.ip(),
         port = addr.port(),

@@ -30,12 +30,14 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// to send (`X-Remote-User`, `X-Remote-Group`, `X-Remote-Extra-*`).
 const IDENTITY_PREFIXES: [&str; 2] = ["impersonate-", "x-remote-"];
 
-/// Headers the gateway sets itself; a client's copy would be a lie or a spoof.
-const GATEWAY_OWNED: [HeaderName; 4] = [
+/// Headers the gateway sets itself; a client's copy would be a lie or a spoof (a forged
+/// `Audit-ID` would let a client tie its request to someone else's audit record).
+const GATEWAY_OWNED: [HeaderName; 5] = [
     header::AUTHORIZATION,
     header::HOST,
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("forwarded"),
+    HeaderName::from_static("audit-id"),
 ];
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod dev;
@@ -17,9 +18,12 @@ pub mod forward;
 pub mod limits;
 pub mod observe;
 pub mod pipeline;
+pub mod record;
 pub mod reload;
 pub mod server;
+pub mod stream;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
 pub use app::{Running, StartError, start};

@@ -106,7 +106,10 @@ impl Counter {
         if state.total >= inner.max_total {
             return Err(GatewayError::TooManyRequests {
                 limit: "concurrency",
-                message: format!("the gateway is at its limit of {} concurrent {what}", inner.max_total),
+                message: format!(
+                    "the gateway is at its limit of {} concurrent {what}",
+                    inner.max_total
+                ),
                 retry_after: Duration::from_secs(1),
             });
         }
@@ -114,7 +117,10 @@ impl Counter {
         if mine >= inner.max_per_user {
             return Err(GatewayError::TooManyRequests {
                 limit: "concurrency",
-                message: format!("you are at your limit of {} concurrent {what}", inner.max_per_user),
+                message: format!(
+                    "you are at your limit of {} concurrent {what}",
+                    inner.max_per_user
+                ),
                 retry_after: Duration::from_secs(1),
             });
         }
@@ -142,7 +148,11 @@ where
     /// Admission for `limits` on `clock`.
     pub fn with_clock(limits: &Limits, clock: C) -> Self {
         let keyed = |rate: Rate| {
-            RateLimiter::new(quota(rate), DefaultKeyedStateStore::default(), clock.clone())
+            RateLimiter::new(
+                quota(rate),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            )
         };
         let mut buckets = vec![keyed(limits.rate)];
         let mut overrides = Vec::new();
@@ -166,13 +176,13 @@ where
 
     /// Charges unauthenticated work (a credential that still needs checking) to `ip`.
     pub fn check_unauthenticated(&self, ip: IpAddr) -> Result<(), GatewayError> {
-        self.unauthenticated.check_key(&ip).map_err(|not_until| {
-            GatewayError::TooManyRequests {
+        self.unauthenticated
+            .check_key(&ip)
+            .map_err(|not_until| GatewayError::TooManyRequests {
                 limit: "address",
                 message: "too many unauthenticated requests from your address".into(),
                 retry_after: not_until.wait_time_from(self.clock.now()),
-            }
-        })
+            })
     }
 
     /// Admits a request from `user` in `groups`: a rate-bucket token (ordinary requests
@@ -327,7 +337,10 @@ mod tests {
         assert!(a.admit("alice", &[], Kind::Request).is_err(), "two at once");
         // A stream is counted apart, by its own cap.
         let s1 = a.admit("alice", &[], Kind::Stream).unwrap();
-        assert!(a.admit("alice", &[], Kind::Stream).is_err(), "one stream at once");
+        assert!(
+            a.admit("alice", &[], Kind::Stream).is_err(),
+            "one stream at once"
+        );
         drop(p1);
         drop(a.admit("alice", &[], Kind::Request).unwrap());
         drop(s1);

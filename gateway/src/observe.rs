@@ -75,7 +75,10 @@ fn describe() {
     describe_counter!(JWKS_FETCHES, "Issuer key fetches, by result.");
     describe_counter!(POLICY_RELOADS, "Policy reloads, by result.");
     describe_counter!(CERT_RELOADS, "TLS certificate reloads, by result.");
-    describe_counter!(RATE_LIMITED, "Requests refused by a rate or concurrency limit.");
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused by a rate or concurrency limit."
+    );
 }
 
 /// Verbs as metric labels: the Kubernetes verbs and HTTP methods, anything else `other`.

@@ -1,35 +1,39 @@
 //! The request pipeline, written once, top to bottom.
 //!
 //! ```text
-//! request ─ normalise path ─ resolve attributes ─ authenticate ─ authorize
-//!         ─ sanitise headers ─ add credential + Impersonate-* ─ forward ─ stream back
+//! request ─ normalise path ─ resolve attributes ─ [address budget] ─ authenticate
+//!         ─ authorize ─ admit (rate, concurrency) ─ sanitise headers
+//!         ─ add credential + Impersonate-* + Audit-ID ─ forward ─ stream back ─ audit
 //! ```
 //!
 //! Each phase either hands the next one what it needs or returns a [`GatewayError`];
 //! nothing reaches the upstream unless every phase agreed. The path that is resolved and
 //! authorized is the path that is forwarded, byte for byte.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
-use http::{Method, Request, Version};
-use http_body::Body as _;
-use http_body_util::BodyExt;
+use http::{HeaderValue, Method, Request, StatusCode, Version};
 use kubegate_config::Limits;
 use kubegate_policy::{Decision, RequestAttributes, normalize_path, resolve};
 use tracing::{info, warn};
 
+use crate::audit::{AuditId, AuditLog, Stage};
 use crate::authn::{Authenticator, Identity};
 use crate::authz::PolicyStore;
 use crate::error::GatewayError;
-use crate::forward::{ForwardedIdentity, add_gateway_headers, sanitize_request, strip_hop_by_hop};
+use crate::forward::{ForwardedIdentity, add_gateway_headers, sanitize_request};
+use crate::limits::{Admission, Kind, Permit};
 use crate::observe;
+use crate::record::{self, Completion, Facts, Guarded, Pending};
 use crate::server::ConnInfo;
 use crate::upstream::Upstream;
+use crate::{stream, upgrade};
 
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
@@ -41,6 +45,12 @@ pub struct Gateway {
     pub upstream: Upstream,
     /// Request bounds.
     pub limits: Limits,
+    /// Rate limits and concurrency caps.
+    pub admission: Admission,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// Audit records of ended streams still being written.
+    pub pending_audit: Pending,
 }
 
 /// The user-facing application: every request goes through [`proxy`].
@@ -57,6 +67,10 @@ struct Outcome {
     forwarded: Option<ForwardedIdentity>,
     decision: Option<Decision>,
     upstream_wait: Duration,
+    /// The admission slot, released with the response.
+    permit: Option<Permit>,
+    /// A watch, log follow or upgrade: audited at start and at end.
+    long_running: bool,
 }
 
 impl Outcome {
@@ -67,6 +81,19 @@ impl Outcome {
             None => "none",
         }
     }
+
+    fn annotations(&self, gateway_time: Duration) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::new();
+        a.insert("kubegate.io/decision".into(), self.decision_label().into());
+        if let Some(rule) = self.decision.as_ref().and_then(|d| d.rule.clone()) {
+            a.insert("kubegate.io/rule".into(), rule);
+        }
+        a.insert(
+            "kubegate.io/latency".into(),
+            format!("{:.3}ms", gateway_time.as_secs_f64() * 1e3),
+        );
+        a
+    }
 }
 
 async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> Response {
@@ -74,26 +101,46 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> R
     let _in_flight = observe::InFlight::start();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let facts = Facts {
+        audit_id: AuditId::new(),
+        received: SystemTime::now(),
+        request_uri: request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| path.clone(), |pq| pq.as_str().to_string()),
+        source_ip: request
+            .extensions()
+            .get::<ConnInfo>()
+            .map_or_else(String::new, |c| c.peer.ip().to_string()),
+        user_agent: request
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
     let mut outcome = Outcome::default();
-    let response = match gateway.handle(request, &mut outcome).await {
+    let mut response = match gateway.handle(request, &facts, &mut outcome).await {
         Ok(response) => response,
         Err(error) => {
-            if let GatewayError::Unauthenticated(e) = &error {
-                observe::auth_failure(e.category());
+            match &error {
+                GatewayError::Unauthenticated(e) => observe::auth_failure(e.category()),
+                GatewayError::TooManyRequests { limit, .. } => observe::rate_limited(limit),
+                _ => {}
             }
             if error.status().is_server_error() {
-                warn!(%method, %path, error = %error, source = ?std::error::Error::source(&error), "request failed");
+                warn!(%method, %path, audit_id = %facts.audit_id, error = %error, source = ?std::error::Error::source(&error), "request failed");
             }
             error.into_response()
         }
     };
     let elapsed = started.elapsed();
+    let status = response.status();
     let verb = outcome
         .attributes
         .as_ref()
         .map_or("other", |a| observe::verb_label(a.verb()));
     observe::request_done(
-        response.status().as_u16(),
+        status.as_u16(),
         verb,
         outcome.decision_label(),
         elapsed,
@@ -102,12 +149,44 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> R
     info!(
         %method,
         %path,
+        audit_id = %facts.audit_id,
         user = outcome.identity.as_ref().map_or("-", |i| i.username.as_str()),
         decision = outcome.decision.as_ref().map(|d| d.reason()).as_deref().unwrap_or("-"),
-        status = response.status().as_u16(),
+        status = status.as_u16(),
         elapsed_ms = elapsed.as_secs_f64() * 1e3,
         "request"
     );
+
+    // The audit record: the same ID goes to the client and (in `handle`) upstream.
+    if let Ok(id) = HeaderValue::from_str(facts.audit_id.as_str()) {
+        response.headers_mut().insert("audit-id", id);
+    }
+    let streaming =
+        outcome.long_running && (status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS);
+    let event = record::event(
+        &facts,
+        if streaming {
+            Stage::ResponseStarted
+        } else {
+            Stage::ResponseComplete
+        },
+        outcome.attributes.as_ref(),
+        outcome.identity.as_deref(),
+        outcome.forwarded.as_ref(),
+        status.as_u16(),
+        outcome.annotations(elapsed.saturating_sub(outcome.upstream_wait)),
+    );
+    gateway.audit.record(&event).await;
+    if streaming && status != StatusCode::SWITCHING_PROTOCOLS {
+        // The stream's end writes `ResponseComplete` and frees its slot.
+        let completion = Completion::new(
+            outcome.permit.take(),
+            Some((gateway.audit.clone(), event)),
+            &gateway.pending_audit,
+        );
+        let (parts, body) = response.into_parts();
+        response = Response::from_parts(parts, Body::new(Guarded::new(body, completion)));
+    }
     response
 }
 
@@ -115,8 +194,10 @@ impl Gateway {
     async fn handle(
         &self,
         request: Request<Body>,
+        facts: &Facts,
         outcome: &mut Outcome,
     ) -> Result<Response, GatewayError> {
+        let audit_id = &facts.audit_id;
         let conn = request
             .extensions()
             .get::<ConnInfo>()
@@ -133,7 +214,14 @@ impl Gateway {
         let attributes = resolve(parts.method.as_str(), &path, parts.uri.query());
         let attributes = outcome.attributes.insert(attributes);
 
-        // 2. Who is asking.
+        // 2. Who is asking. Checking a credential costs crypto: each client address has a
+        // budget for that, spent before any is done.
+        if self
+            .authn
+            .needs_verification(&parts.headers, conn.client_cert.is_some())
+        {
+            self.admission.check_unauthenticated(peer)?;
+        }
         let identity = self
             .authn
             .authenticate(&parts.headers, conn.client_cert.as_deref())
@@ -154,18 +242,31 @@ impl Gateway {
         }
         outcome.forwarded = Some(forwarded.clone());
 
-        // Connection upgrades (exec, attach, port-forward) are not spliced yet: refuse
-        // them explicitly rather than forwarding a request the upstream would misread.
-        if parts.headers.contains_key(http::header::UPGRADE) {
-            return Err(GatewayError::BadRequest(
-                "connection upgrades are not supported by this gateway version",
-            ));
-        }
+        // Connection upgrades (exec, attach, port-forward) take every phase like any other
+        // request. Read before sanitising, which drops `Upgrade` as hop-by-hop; only
+        // SPDY/3.1 and websocket are accepted (400 otherwise).
+        let upgrade = upgrade::requested(&mut parts)?;
+
+        // 3b. Within their quota? Long-running requests count against the stream caps only.
+        outcome.long_running = upgrade.is_some() || attributes.is_long_running();
+        let kind = if outcome.long_running {
+            Kind::Stream
+        } else {
+            Kind::Request
+        };
+        outcome.permit = Some(
+            self.admission
+                .admit(&identity.username, &identity.groups, kind)?,
+        );
 
         // 4. Headers: the client's credentials and identity claims out, ours in.
         sanitize_request(&mut parts.headers);
         let credential = self.upstream.authorization().await?;
         add_gateway_headers(&mut parts.headers, credential, &forwarded, peer)?;
+        // The API server records this ID too, so both audit trails can be joined.
+        if let Ok(id) = HeaderValue::from_str(audit_id.as_str()) {
+            parts.headers.insert("audit-id", id);
+        }
 
         // 5. Forward the exact path and query that were authorized.
         let path_and_query = match parts.uri.query() {
@@ -176,54 +277,53 @@ impl Gateway {
         // The client's HTTP version is its hop's business; the upstream connection
         // negotiates its own (h2 when offered).
         parts.version = Version::HTTP_11;
-        let body = self.bounded_body(&parts.headers, body).await?;
         let sent = Instant::now();
-        let response = self.upstream.send(Request::from_parts(parts, body)).await;
+        let response = match upgrade {
+            // Spliced only once the upstream switched protocols as asked (upgrade.rs).
+            Some(upgrade) => {
+                // The spliced connection keeps the slot and writes `ResponseComplete` when
+                // it closes; a refused upgrade hands the completion back.
+                let completion = Completion::new(
+                    outcome.permit.take(),
+                    Some((self.audit.clone(), upgrade_completion(facts, outcome))),
+                    &self.pending_audit,
+                );
+                upgrade::forward(
+                    &self.upstream,
+                    &self.limits,
+                    upgrade,
+                    parts,
+                    body,
+                    completion,
+                )
+                .await
+                .map(|(response, returned)| {
+                    if let Some(mut completion) = returned {
+                        completion.disarm();
+                        outcome.permit = completion.into_permit();
+                    }
+                    response
+                })
+            }
+            // 6. The body capped and streamed up, the answer streamed back (stream.rs).
+            None => stream::forward(&self.upstream, &self.limits, attributes, parts, body).await,
+        };
         outcome.upstream_wait = sent.elapsed();
-        let response = response?;
-
-        // 6. Stream the answer back.
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        response
     }
 }
 
-impl Gateway {
-    /// Enforces the request body cap. A declared length is checked up front (and hyper
-    /// holds the client to it); a chunked body is read up to the cap first, so an
-    /// oversized one is answered 413 instead of being cut off half-way upstream.
-    async fn bounded_body(
-        &self,
-        headers: &http::HeaderMap,
-        body: Body,
-    ) -> Result<Body, GatewayError> {
-        let limit = self.limits.max_request_body;
-        let too_large = GatewayError::PayloadTooLarge { limit };
-        if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
-            let length: u64 = length
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .ok_or(GatewayError::BadRequest("invalid Content-Length"))?;
-            return if length > limit {
-                Err(too_large)
-            } else {
-                Ok(body)
-            };
-        }
-        if body.is_end_stream() {
-            return Ok(body);
-        }
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        match http_body_util::Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(Body::from(collected.to_bytes())),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-            Err(_) => Err(GatewayError::BadRequest(
-                "the request body could not be read",
-            )),
-        }
-    }
+/// The `ResponseComplete` record an upgraded connection writes when it closes.
+fn upgrade_completion(facts: &Facts, outcome: &Outcome) -> crate::audit::Event {
+    record::event(
+        facts,
+        Stage::ResponseComplete,
+        outcome.attributes.as_ref(),
+        outcome.identity.as_deref(),
+        outcome.forwarded.as_ref(),
+        StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+        outcome.annotations(Duration::ZERO),
+    )
 }
 
 /// The identity sent upstream: the person, or the narrower identity the deciding rule maps

@@ -53,7 +53,12 @@ pub struct CertIdentity {
 pub fn cert_identity(der: &[u8]) -> Option<CertIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
-    let username = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let username = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     if username.is_empty() {
         return None;
     }
@@ -156,11 +161,13 @@ pub fn server_config(
             if roots.is_empty() {
                 return Err(TlsError::NoCertificate(path.display().to_string()));
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

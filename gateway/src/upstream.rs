@@ -52,13 +52,96 @@ pub struct Upstream {
     inner: Arc<Inner>,
 }
 
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
 struct Inner {
     scheme_authority: (http::uri::Scheme, http::uri::Authority),
     /// A path prefix in the cluster URL (some hosted clusters have one).
     base_path: String,
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: HttpsClient,
+    /// Long-running requests get connections of their own (see [`StreamPool`]).
+    streams: Arc<StreamPool>,
+    /// HTTP/1.1 only, for connection upgrades: exec, attach and port-forward switch
+    /// protocols with `101`, which HTTP/2 has no way to say. Same TLS roots, client
+    /// identity and server name as `client`; only the ALPN offer differs.
+    upgrade_client: HttpsClient,
     credential: Option<CredentialService>,
     timeout: Duration,
+}
+
+/// Long-running requests (watches, followed logs) one upstream connection carries at most.
+/// Each holds an HTTP/2 stream for minutes, and a client cannot open more streams than the
+/// server's `SETTINGS_MAX_CONCURRENT_STREAMS` (Go's default is 250, hyper's 200): past it,
+/// new requests would wait for a stream until they time out. Staying under every common
+/// limit and spreading watches over as many connections as needed keeps the 10,000th
+/// watch working and keeps short requests on a connection watches cannot fill.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Clients, each with its own connection, handed out so that none carries more than
+/// [`STREAMS_PER_CONNECTION`] long-running requests at once.
+struct StreamPool {
+    connector: HttpsConnector<HttpConnector>,
+    slots: std::sync::Mutex<Vec<Slot>>,
+}
+
+struct Slot {
+    client: HttpsClient,
+    open: usize,
+}
+
+/// A long-running request's place on an upstream connection, given back when dropped.
+pub struct StreamLease {
+    pool: Arc<StreamPool>,
+    slot: usize,
+}
+
+impl std::fmt::Debug for StreamLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLease")
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+impl StreamPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        // The guarded data is two integers and clients: still valid after a panic.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn acquire(self: &Arc<Self>) -> (HttpsClient, StreamLease) {
+        let mut slots = self.lock();
+        // The first slot with room: watches pack onto few connections, and a slot that
+        // empties is refilled before a new connection is opened.
+        let slot = match slots.iter().position(|s| s.open < STREAMS_PER_CONNECTION) {
+            Some(slot) => slot,
+            None => {
+                slots.push(Slot {
+                    client: build_client(self.connector.clone()),
+                    open: 0,
+                });
+                slots.len() - 1
+            }
+        };
+        slots[slot].open += 1;
+        let lease = StreamLease {
+            pool: self.clone(),
+            slot,
+        };
+        (slots[slot].client.clone(), lease)
+    }
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        self.pool.lock()[self.slot].open -= 1;
+    }
+}
+
+fn build_client(connector: HttpsConnector<HttpConnector>) -> HttpsClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
 }
 
 impl std::fmt::Debug for Upstream {
@@ -106,29 +189,15 @@ impl Upstream {
             .ok_or_else(|| UpstreamError::Url("no host".into()))?;
         let base_path = url.path().trim_end_matches('/').to_string();
 
-        // ALPN (h2, http/1.1) is set by the connector builder's `enable_all_versions`.
         let tls = config.rustls_client_config()?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only();
-        let connector = match &config.tls_server_name {
-            Some(name) => builder
-                .with_server_name_resolver(FixedServerNameResolver::new(
-                    name.clone()
-                        .try_into()
-                        .map_err(|_| UpstreamError::Url("invalid tls-server-name".into()))?,
-                ))
-                .enable_all_versions()
-                .wrap_connector(http),
-            None => builder.enable_all_versions().wrap_connector(http),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let server_name = config.tls_server_name.as_deref();
+        let connector = https_connector(tls.clone(), server_name, timeout, true)?;
+        let client = build_client(connector.clone());
+        let streams = Arc::new(StreamPool {
+            connector,
+            slots: std::sync::Mutex::new(Vec::new()),
+        });
+        let upgrade_client = build_client(https_connector(tls, server_name, timeout, false)?);
 
         let credential = config.auth_layer()?.map(|layer| {
             // The layer only adds a header; a service that hands the request back lets us
@@ -144,6 +213,8 @@ impl Upstream {
                 scheme_authority: (http::uri::Scheme::HTTPS, authority),
                 base_path,
                 client,
+                streams,
+                upgrade_client,
                 credential,
                 timeout,
             }),
@@ -203,11 +274,71 @@ impl Upstream {
 
     /// Sends a prepared request, waiting at most the configured timeout for the headers.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+        self.send_on(&self.inner.client, request).await
+    }
+
+    /// Sends a long-running request (watch, followed logs) on a connection with room for
+    /// it; the connection slot is held until the lease is dropped, which the caller does
+    /// when the response body is finished with.
+    pub async fn send_long_running(
+        &self,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, StreamLease), GatewayError> {
+        let (client, lease) = self.inner.streams.acquire();
+        let response = self.send_on(&client, request).await?;
+        Ok((response, lease))
+    }
+
+    /// Sends an upgrade request over HTTP/1.1, waiting at most the configured timeout for
+    /// the answer. A `101` answer carries the upgraded connection (`hyper::upgrade::on`).
+    pub async fn send_upgrade(
+        &self,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        self.send_on(&self.inner.upgrade_client, request).await
+    }
+
+    async fn send_on(
+        &self,
+        client: &HttpsClient,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, GatewayError> {
         let timeout = self.inner.timeout;
-        match tokio::time::timeout(timeout, self.inner.client.request(request)).await {
+        match tokio::time::timeout(timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable(Box::new(e))),
             Err(_) => Err(GatewayError::UpstreamTimeout(timeout)),
         }
     }
+}
+
+/// The TLS connector to the upstream: ALPN offers h2 and http/1.1 when `http2`, only
+/// http/1.1 otherwise.
+fn https_connector(
+    tls: rustls::ClientConfig,
+    server_name: Option<&str>,
+    timeout: Duration,
+    http2: bool,
+) -> Result<HttpsConnector<HttpConnector>, UpstreamError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let builder = match server_name {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(
+            name.to_string()
+                .try_into()
+                .map_err(|_| UpstreamError::Url("invalid tls-server-name".into()))?,
+        )),
+        None => builder,
+    };
+    // The builder sets the ALPN offer on the TLS configuration.
+    Ok(if http2 {
+        builder.enable_all_versions().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    })
 }

@@ -5,11 +5,16 @@
 //! (headers included, so tests can check what the gateway forwarded), and implements just
 //! enough of the API for kubectl: discovery, namespaces, pods, configmaps and secrets with
 //! get/list/watch/create/update/patch/delete, server-side Tables, and `SelfSubjectReview` so
-//! `kubectl auth whoami` shows the impersonated identity. It does not enforce RBAC, run
-//! containers, or persist anything.
+//! `kubectl auth whoami` shows the impersonated identity. Pods have logs (`follow` streams
+//! what [`Sandbox::append_log`] adds), `exec` and `attach` speak the WebSocket
+//! `v5.channel.k8s.io` protocol and echo stdin to stdout, and `portforward` echoes bytes
+//! after a `SPDY/3.1` upgrade. It does not enforce RBAC (but see
+//! [`Sandbox::deny_connect`]), run containers, or persist anything.
 
 mod discovery;
+mod logs;
 mod proto;
+mod remote;
 mod routes;
 mod select;
 mod server;
@@ -91,6 +96,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Whether the request carried exactly one `Authorization: Bearer <bearer_token>`.
     pub authorized: bool,
+    /// The HTTP version it arrived with: `HTTP/1.1` or `HTTP/2.0`.
+    pub http_version: String,
 }
 
 impl RecordedRequest {
@@ -152,8 +159,12 @@ impl Sandbox {
             addr: options.bind,
             source,
         })?;
-        let shared = Arc::new(server::Shared::new(options.bearer_token, addr));
         let (stop, stop_rx) = tokio::sync::watch::channel(());
+        let shared = Arc::new(server::Shared::new(
+            options.bearer_token,
+            addr,
+            stop_rx.clone(),
+        ));
         let accept_task = tokio::spawn(server::accept_loop(
             listener,
             tls_config,
@@ -251,6 +262,25 @@ impl Sandbox {
     /// still recorded on arrival. Meant for tests of upstream timeouts.
     pub fn set_response_delay(&self, delay: Duration) {
         self.shared.set_delay(delay);
+    }
+
+    /// Appends `text` to the log of pod `ns/pod`; `logs --follow` readers get it at once.
+    /// The log is forgotten when the pod is deleted.
+    pub fn append_log(&self, ns: &str, pod: &str, text: &str) {
+        self.shared.logs.append(ns, pod, text);
+    }
+
+    /// Answers 403 to `exec`, `attach` and `portforward` requests impersonating `user`, as
+    /// the API server does when RBAC refuses them (the sandbox enforces no other RBAC).
+    pub fn deny_connect(&self, user: &str) {
+        self.shared.connect_denied().insert(user.to_string());
+    }
+
+    /// Upgraded sessions (exec, attach, port-forward) open right now.
+    pub fn open_tunnels(&self) -> usize {
+        self.shared
+            .tunnels
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops accepting, closes every open connection and waits for the server task to end.

@@ -19,7 +19,7 @@ use crate::status::{self, ApiError, json_response};
 use crate::store::{Event, Resource, merge_patch};
 use crate::table::{self, IncludeObject};
 use crate::time::rfc3339;
-use crate::{discovery, proto};
+use crate::{discovery, logs, proto, remote};
 
 // As the API server's default limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -198,6 +198,15 @@ async fn route(shared: &Shared, parts: Parts, body: Body) -> ApiResult {
                 &self_subject_review(&parts.headers),
             ))
         }
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "pods",
+            name,
+            sub @ ("exec" | "attach" | "portforward"),
+        ] => remote::connect(shared, parts, &params.0, ns, name, sub).await,
         ["openapi", "v3"] => get_only(discovery::openapi_v3_index()),
         ["openapi", "v3", "api", "v1"] => get_only(discovery::openapi_v3_core()),
         ["api", "v1", rest @ ..] => {
@@ -288,6 +297,9 @@ impl CoreRequest<'_> {
                 // matter: deletion is immediate.
                 read_body(body).await?;
                 let deleted = store.delete(res, ns, name, self.params.dry_run())?;
+                if res == Resource::Pods && !self.params.dry_run() {
+                    self.shared.logs.forget(ns, name);
+                }
                 // As upstream: pods and namespaces (graceful deletion, finalizers) answer with
                 // the object, the others with a success Status.
                 if matches!(res, Resource::Pods | Resource::Namespaces) {
@@ -431,20 +443,10 @@ impl CoreRequest<'_> {
                         "container {container} is not valid for pod {name}"
                     )));
                 }
-                Ok(text(
-                    StatusCode::OK,
-                    &format!(
-                        "kubegate sandbox: container {container} of pod {ns}/{name} runs nothing; \
-                         this API server keeps objects in memory only\n"
-                    ),
-                ))
+                let follow = self.params.flag("follow");
+                logs::respond(self.shared, ns, name, &pod, &container, follow)
             }
-            ("exec" | "attach" | "portforward", &Method::GET | &Method::POST) => {
-                Err(ApiError::bad_request("Upgrade request required"))
-            }
-            ("log", _) | ("exec" | "attach" | "portforward", _) => {
-                Err(ApiError::method_not_allowed(method))
-            }
+            ("log", _) => Err(ApiError::method_not_allowed(method)),
             _ => Err(ApiError::no_such_path()),
         }
     }

@@ -1,10 +1,11 @@
 //! The listener: TLS handshakes, HTTP/1.1 or HTTP/2 per connection (hyper-util's auto
 //! builder, upgrades enabled), and the state every request handler shares.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::RecordedRequest;
+use crate::logs::Logs;
 use crate::store::Store;
 
 // A client that opens a socket and never finishes the handshake must not hold a task forever.
@@ -28,6 +30,15 @@ pub(crate) struct Shared {
     pub(crate) token: String,
     pub(crate) addr: SocketAddr,
     pub(crate) store: Store,
+    pub(crate) logs: Logs,
+    /// Upgraded sessions (exec, attach, port-forward) outlive their HTTP connection, so
+    /// they watch this to end with the sandbox.
+    pub(crate) stop: watch::Receiver<()>,
+    /// Upgraded sessions open right now.
+    pub(crate) tunnels: Arc<AtomicUsize>,
+    /// Users whose exec, attach and port-forward requests are refused with 403, as RBAC
+    /// would refuse them on a real API server.
+    pub(crate) connect_denied: Mutex<HashSet<String>>,
     recorded: Mutex<Recorded>,
     delay: Mutex<Duration>,
 }
@@ -49,11 +60,15 @@ impl Recorded {
 }
 
 impl Shared {
-    pub(crate) fn new(token: String, addr: SocketAddr) -> Self {
+    pub(crate) fn new(token: String, addr: SocketAddr, stop: watch::Receiver<()>) -> Self {
         Shared {
             token,
             addr,
             store: Store::new(),
+            logs: Logs::default(),
+            stop,
+            tunnels: Arc::new(AtomicUsize::new(0)),
+            connect_denied: Mutex::new(HashSet::new()),
             recorded: Mutex::new(Recorded::default()),
             delay: Mutex::new(Duration::ZERO),
         }
@@ -69,6 +84,12 @@ impl Shared {
 
     pub(crate) fn set_delay(&self, delay: Duration) {
         *self.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    }
+
+    pub(crate) fn connect_denied(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.connect_denied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Exactly one `Authorization` header carrying our token. Several headers are refused:
@@ -103,6 +124,7 @@ impl Shared {
                 })
                 .collect(),
             authorized,
+            http_version: format!("{:?}", parts.version),
         };
         let mut recorded = self.recorded();
         recorded.requests.push_back(request);

@@ -71,6 +71,19 @@ impl ApiError {
         .with_details(plural, name)
     }
 
+    /// 403 worded like the API server's RBAC denial.
+    pub(crate) fn forbidden(user: &str, resource: &str, ns: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "pods \"{name}\" is forbidden: User \"{user}\" cannot create resource \"{resource}\" \
+                 in API group \"\" in the namespace \"{ns}\""
+            ),
+        )
+        .with_details("pods", name)
+    }
+
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }

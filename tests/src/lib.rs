@@ -309,6 +309,8 @@ timeout = "{timeout}ms"
 {oidc}
 [admin]
 port = 0
+[audit]
+file = "audit.log"
 "#,
             timeout = options.upstream_timeout.as_millis(),
             oidc = options.oidc_toml.clone().unwrap_or_else(|| format!(
@@ -341,6 +343,15 @@ port = 0
             dir,
             client,
         }
+    }
+
+    /// The audit records written so far (JSON lines of `audit.log`).
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
     }
 
     /// The gateway's base URL.

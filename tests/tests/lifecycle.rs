@@ -47,7 +47,10 @@ async fn a_new_certificate_is_served_to_new_handshakes_and_a_bad_one_is_refused(
     }
     assert!(served, "new handshakes get the new certificate");
     let err = get_with(&gw.pki.ca_pem, &gw, &token).await.unwrap_err();
-    assert!(err.contains("InvalidCertificate"), "old CA no longer verifies: {err}");
+    assert!(
+        err.contains("InvalidCertificate"),
+        "old CA no longer verifies: {err}"
+    );
     // The connection opened before the rotation carries on.
     assert_eq!(collect(&old_client, request()).await.status, StatusCode::OK);
 
@@ -63,7 +66,10 @@ async fn a_new_certificate_is_served_to_new_handshakes_and_a_bad_one_is_refused(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(refused, "the bad pair was seen and refused");
-    assert_eq!(get_with(&next.ca_pem, &gw, &token).await, Ok(StatusCode::OK));
+    assert_eq!(
+        get_with(&next.ca_pem, &gw, &token).await,
+        Ok(StatusCode::OK)
+    );
 }
 
 #[tokio::test]
@@ -89,10 +95,21 @@ async fn shutdown_lets_an_in_flight_request_finish() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(gw.sandbox.request_count(), 1);
-    let TestGateway { running, .. } = gw;
+    let TestGateway { running, dir, .. } = gw;
     let addr = running.addr();
     running.shutdown().await.unwrap();
-    assert_eq!(in_flight.await.unwrap(), StatusCode::OK, "the request completed");
+    assert_eq!(
+        in_flight.await.unwrap(),
+        StatusCode::OK,
+        "the request completed"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert_eq!(
+        audit.lines().count(),
+        1,
+        "and its audit record was written: {audit}"
+    );
+    assert!(audit.contains(r#""code":200"#));
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
@@ -110,7 +127,10 @@ async fn connections_past_the_cap_wait_for_a_free_slot() {
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let addr = gw.running.addr();
     let first = connector
-        .connect(name.clone(), tokio::net::TcpStream::connect(addr).await.unwrap())
+        .connect(
+            name.clone(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
         .await
         .expect("the first connection is served");
     let second = tokio::spawn({
@@ -122,8 +142,14 @@ async fn connections_past_the_cap_wait_for_a_free_slot() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "the second handshake waits while the cap is reached");
+    assert!(
+        !second.is_finished(),
+        "the second handshake waits while the cap is reached"
+    );
     drop(first);
     let done = tokio::time::timeout(Duration::from_secs(5), second).await;
-    assert!(matches!(done, Ok(Ok(Ok(())))), "served once a slot is free: {done:?}");
+    assert!(
+        matches!(done, Ok(Ok(Ok(())))),
+        "served once a slot is free: {done:?}"
+    );
 }

@@ -137,9 +137,10 @@ impl IssuerVerifier {
     /// allows, sharing the fetch with concurrent callers. Returns the key set to use.
     async fn keys_for_unknown_kid(&self, kid: &str) -> Option<Arc<KeySet>> {
         let cooldown = self.config.key_refresh_cooldown;
-        let remembered = self.unknown_kids.lock().is_ok_and(|k| {
-            k.1.contains(kid) && k.0.is_some_and(|t| t.elapsed() < cooldown)
-        });
+        let remembered = self
+            .unknown_kids
+            .lock()
+            .is_ok_and(|k| k.1.contains(kid) && k.0.is_some_and(|t| t.elapsed() < cooldown));
         if remembered {
             return None;
         }
@@ -158,7 +159,9 @@ impl IssuerVerifier {
                     info!(issuer = self.issuer(), "keys refreshed for an unknown kid");
                     self.set_keys(keys);
                 }
-                Err(e) => warn!(issuer = self.issuer(), error = %e, "key refresh for an unknown kid failed; keeping the last good set"),
+                Err(e) => {
+                    warn!(issuer = self.issuer(), error = %e, "key refresh for an unknown kid failed; keeping the last good set")
+                }
             }
         }
         let keys = self.keys.load_full();

@@ -118,7 +118,11 @@ impl KeyFetcher {
         })
     }
 
-    async fn get(&self, url: &str, limit: usize) -> Result<(Bytes, Option<Duration>), KeyLoadError> {
+    async fn get(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<(Bytes, Option<Duration>), KeyLoadError> {
         let fail = |reason: String| KeyLoadError::Fetch {
             url: url.to_string(),
             reason,
@@ -242,7 +246,9 @@ pub async fn start_key_loading(issuers: &[Arc<IssuerVerifier>]) -> Vec<JoinHandl
         let first = verifier.refresh_keys().await;
         match &first {
             Ok(_) => info!(issuer = verifier.issuer(), "issuer keys loaded"),
-            Err(e) => warn!(issuer = verifier.issuer(), error = %e, "cannot load issuer keys; will retry"),
+            Err(e) => {
+                warn!(issuer = verifier.issuer(), error = %e, "cannot load issuer keys; will retry")
+            }
         }
         let verifier = verifier.clone();
         tasks.push(tokio::spawn(async move {
@@ -271,7 +277,10 @@ mod tests {
 
     #[test]
     fn cache_control_max_age() {
-        assert_eq!(max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
         assert_eq!(max_age("Max-Age=5"), Some(Duration::from_secs(5)));
         assert_eq!(max_age("no-store"), None);
         assert_eq!(max_age("max-age=soon"), None);

@@ -1,0 +1,1628 @@
+//! The audit trail: one record per request, in the shape of the Kubernetes API server's
+//! `audit.k8s.io/v1` `Event` at level `Metadata`, written as JSON lines off the request path.
+//!
+//! [`AuditLog::record`] serializes an [`Event`] on the caller and hands the line to a
+//! bounded queue; one writer task drains the queue in batches and writes them to stdout,
+//! a size-rotated file, or both. Records are never dropped to keep up: a full queue makes
+//! `record` wait (backpressure), and every record that does not make it to its sinks is
+//! logged with tracing and counted in [`RECORDS_LOST`] — never silently. Log messages name
+//! the audit ID at most, never a record's contents.
+//!
+//! Lifecycle: [`AuditLog::start`] inside a tokio runtime, clone the handle freely, call
+//! [`AuditLog::close`] once at shutdown. `close` stops every clone from accepting records,
+//! writes everything already queued, flushes and fsyncs. Dropping every clone without
+//! `close` also drains the queue, but nobody learns whether the final fsync worked, and a
+//! runtime that shuts down first cancels the writer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use serde::{Serialize, Serializer};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// Gauge: records handed to [`AuditLog::record`] and not yet written or given up on
+/// (queued, in the writer's hands, or waiting for queue space).
+pub const QUEUE_DEPTH: &str = "kubegate_audit_queue_depth";
+/// Counter: records written to every configured sink.
+pub const RECORDS: &str = "kubegate_audit_records_total";
+/// Counter: failed writes, flushes, fsyncs and rotations (each attempt counts once).
+pub const WRITE_ERRORS: &str = "kubegate_audit_write_errors_total";
+/// Counter: records that will never be written (retries exhausted, recorded after close,
+/// or the recording task was cancelled before the record was queued).
+pub const RECORDS_LOST: &str = "kubegate_audit_records_lost_total";
+
+/// Registers descriptions for the audit metrics with the installed recorder.
+pub fn describe_metrics() {
+    describe_gauge!(QUEUE_DEPTH, "Audit records accepted and not yet written.");
+    describe_counter!(RECORDS, "Audit records written.");
+    describe_counter!(
+        WRITE_ERRORS,
+        "Failed audit log writes, flushes and rotations."
+    );
+    describe_counter!(RECORDS_LOST, "Audit records that could not be written.");
+}
+
+/// Records per write: the writer drains at most this many queued records into one buffer.
+const BATCH: usize = 256;
+/// Retries after a failed write before the records in hand are counted as lost.
+const RETRIES: u32 = 5;
+
+/// Delay before retry `attempt` (0-based): 100 ms, 200 ms, 400 ms, 800 ms, then 1 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64 << attempt.min(4)).min(Duration::from_secs(1))
+}
+
+// ---------------------------------------------------------------------------------------
+// The event
+// ---------------------------------------------------------------------------------------
+
+/// A request's audit ID: a random (version 4) UUID in lowercase hex,
+/// `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AuditId(String);
+
+impl AuditId {
+    /// A fresh random ID from the system RNG (aws-lc-rs).
+    pub fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+            // The system RNG failed; TLS is in trouble too. IDs need to be unique, not
+            // secret, so fall back to the clock and a process-wide counter.
+            tracing::error!(
+                "the system random generator failed; audit IDs fall back to clock and counter"
+            );
+            bytes = fallback_bytes();
+        }
+        Self::from_random(bytes)
+    }
+
+    /// Formats 16 random bytes as a version 4, variant 1 UUID.
+    fn from_random(mut bytes: [u8; 16]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        let mut out = String::with_capacity(36);
+        for (i, byte) in bytes.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                out.push('-');
+            }
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        AuditId(out)
+    }
+
+    /// The ID as text, e.g. for an `Audit-ID` response header.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn fallback_bytes() -> [u8; 16] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let low = count ^ (u64::from(std::process::id()) << 32);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&(nanos as u64).to_be_bytes());
+    bytes[8..].copy_from_slice(&low.to_be_bytes());
+    bytes
+}
+
+impl Default for AuditId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for AuditId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for AuditId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// The stage of the request an event describes (the API server's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Stage {
+    /// Response headers sent, body still streaming (watches, long-running requests).
+    ResponseStarted,
+    /// The response is complete.
+    ResponseComplete,
+}
+
+/// A user as the audit log shows it (`authentication.k8s.io/v1` `UserInfo`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UserInfo {
+    /// The username.
+    pub username: String,
+    /// A unique ID for the user, when the issuer maps one; omitted when absent or empty.
+    #[serde(skip_serializing_if = "is_none_or_empty")]
+    pub uid: Option<String>,
+    /// The user's groups; omitted when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Extra attributes; omitted when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+fn is_none_or_empty(value: &Option<String>) -> bool {
+    value.as_deref().is_none_or(str::is_empty)
+}
+
+/// The object a resource request addresses; empty strings are omitted like the API
+/// server's `omitempty`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// Resource, e.g. `pods`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    /// Namespace, empty for cluster-scoped resources.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Object name, empty for collections.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// API group, empty for the core group.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_group: String,
+    /// API version, e.g. `v1`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    /// Subresource, e.g. `log` or `exec`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+}
+
+/// One audit record. Serializes (see [`Serialize`]) as an `audit.k8s.io/v1` `Event` at
+/// level `Metadata`. It holds no credential.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// Unique per request; also sent to the client as `Audit-ID`.
+    pub audit_id: AuditId,
+    /// Which stage this record describes.
+    pub stage: Stage,
+    /// Path plus `?` and query, as received.
+    pub request_uri: String,
+    /// Kubernetes verb (`get`, `list`, `watch`, ...) or the lower-case HTTP method for
+    /// non-resource requests.
+    pub verb: String,
+    /// The authenticated user; `None` (field omitted) when authentication failed.
+    pub user: Option<UserInfo>,
+    /// The identity the gateway forwarded upstream; `None` when nothing was forwarded.
+    pub impersonated_user: Option<UserInfo>,
+    /// Client addresses, nearest first.
+    pub source_ips: Vec<String>,
+    /// The client's `User-Agent`; omitted when absent or empty.
+    pub user_agent: Option<String>,
+    /// The object addressed, for resource requests.
+    pub object_ref: Option<ObjectRef>,
+    /// HTTP status code of the response.
+    pub response_code: u16,
+    /// When the gateway received the request.
+    pub request_received: SystemTime,
+    /// When this stage was reached.
+    pub stage_time: SystemTime,
+    /// `kubegate.io/...` annotations (decision, rule, latency); omitted when empty.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The wire form of [`Event`], in the API server's field names and order.
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    level: &'static str,
+    #[serde(rename = "auditID")]
+    audit_id: &'a AuditId,
+    stage: Stage,
+    #[serde(rename = "requestURI")]
+    request_uri: &'a str,
+    verb: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a UserInfo>,
+    #[serde(rename = "impersonatedUser", skip_serializing_if = "Option::is_none")]
+    impersonated_user: Option<&'a UserInfo>,
+    #[serde(rename = "sourceIPs", skip_serializing_if = "<[String]>::is_empty")]
+    source_ips: &'a [String],
+    #[serde(rename = "userAgent", skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(rename = "objectRef", skip_serializing_if = "Option::is_none")]
+    object_ref: Option<&'a ObjectRef>,
+    #[serde(rename = "responseStatus")]
+    response_status: ResponseStatus,
+    #[serde(rename = "requestReceivedTimestamp")]
+    request_received: Timestamp,
+    #[serde(rename = "stageTimestamp")]
+    stage_time: Timestamp,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct ResponseStatus {
+    metadata: EmptyObject,
+    code: u16,
+}
+
+/// Serializes as `{}`.
+#[derive(Serialize)]
+struct EmptyObject {}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireEvent {
+            kind: "Event",
+            api_version: "audit.k8s.io/v1",
+            level: "Metadata",
+            audit_id: &self.audit_id,
+            stage: self.stage,
+            request_uri: &self.request_uri,
+            verb: &self.verb,
+            user: self.user.as_ref(),
+            impersonated_user: self.impersonated_user.as_ref(),
+            source_ips: &self.source_ips,
+            user_agent: self.user_agent.as_deref().filter(|ua| !ua.is_empty()),
+            object_ref: self.object_ref.as_ref(),
+            response_status: ResponseStatus {
+                metadata: EmptyObject {},
+                code: self.response_code,
+            },
+            request_received: Timestamp(self.request_received),
+            stage_time: Timestamp(self.stage_time),
+            annotations: &self.annotations,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl Event {
+    /// The event as one JSON object followed by `\n`.
+    fn to_line(&self) -> serde_json::Result<Vec<u8>> {
+        let mut line = serde_json::to_vec(self)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, `2026-11-28T12:00:00.123456Z`, truncated like the
+/// API server's `MicroTime`.
+struct Timestamp(SystemTime);
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos: i128 = match self.0.duration_since(UNIX_EPOCH) {
+            Ok(after) => after.as_nanos() as i128,
+            Err(before) => -(before.duration().as_nanos() as i128),
+        };
+        let micros = nanos.div_euclid(1_000);
+        let secs = micros.div_euclid(1_000_000);
+        let frac = micros.rem_euclid(1_000_000);
+        let day_secs = secs.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400) as i64);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+            day_secs / 3_600,
+            day_secs % 3_600 / 60,
+            day_secs % 60,
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// (year, month, day) of the proleptic Gregorian calendar for days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1, [0, 365]
+    let mp = (5 * doy + 2) / 153; // month from March, [0, 11]
+    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
+
+// ---------------------------------------------------------------------------------------
+// The writer
+// ---------------------------------------------------------------------------------------
+
+/// Where and how the audit log is written.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// Write every record to stdout.
+    pub stdout: bool,
+    /// Write every record to this file (created with mode 0600, appended to).
+    pub file: Option<PathBuf>,
+    /// Rotate the file before a write would take it past this many bytes; 0 disables
+    /// rotation. A single larger record is still written whole.
+    pub max_file_size: u64,
+    /// Rotated files kept (`audit.log.1` newest ... `audit.log.N` oldest); with 0, the
+    /// full file is deleted at rotation.
+    pub max_backups: usize,
+    /// Records queued between `record` and the writer before `record` waits; at least 1.
+    pub queue_size: usize,
+}
+
+/// Handle to the audit writer. Cheap to clone; all clones feed the same writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    /// Set by the first `close`: later `record`s fail (loudly) instead of queueing.
+    closing: AtomicBool,
+    counts: Arc<Counts>,
+    /// The writer's final outcome, published once when it finishes.
+    done: watch::Receiver<Option<Outcome>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    written: AtomicU64,
+    lost: AtomicU64,
+    /// Mirrors [`QUEUE_DEPTH`] for this log.
+    pending: AtomicU64,
+}
+
+enum Msg {
+    Record(Vec<u8>),
+    Close,
+}
+
+/// `io::Error` is not `Clone`; every `close` caller gets a copy of this.
+type Outcome = Result<(), (io::ErrorKind, String)>;
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts = &self.inner.counts;
+        f.debug_struct("AuditLog")
+            .field("written", &counts.written.load(Ordering::Relaxed))
+            .field("lost", &counts.lost.load(Ordering::Relaxed))
+            .field("pending", &counts.pending.load(Ordering::Relaxed))
+            .field("closing", &self.inner.closing.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Opens (creates with mode 0600, appends to) the file if one is configured and spawns
+    /// the writer task on the current tokio runtime.
+    ///
+    /// Fails when called outside a runtime, when no sink is configured, when
+    /// `queue_size` is 0, or when the file cannot be opened.
+    pub fn start(config: AuditConfig) -> io::Result<AuditLog> {
+        Self::start_gated(config, None)
+    }
+
+    /// `start` with an optional gate the writer takes one permit from before each batch
+    /// (tests stall the writer with it).
+    fn start_gated(config: AuditConfig, gate: Option<Arc<Semaphore>>) -> io::Result<AuditLog> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            io::Error::other(format!(
+                "the audit log must be started inside a tokio runtime: {e}"
+            ))
+        })?;
+        if config.queue_size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "audit queue size must be at least 1",
+            ));
+        }
+        if !config.stdout && config.file.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the audit log needs a sink: stdout, a file, or both",
+            ));
+        }
+        let file = match config.file {
+            Some(path) => {
+                let sink = FileSink::open(path.clone(), config.max_file_size, config.max_backups)
+                    .map_err(|e| {
+                    io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()))
+                })?;
+                Some(FileHandle {
+                    sink: Arc::new(Mutex::new(sink)),
+                    path,
+                })
+            }
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(config.queue_size);
+        let (done_tx, done_rx) = watch::channel(None);
+        let counts = Arc::new(Counts::default());
+        let writer = Writer {
+            rx,
+            file,
+            stdout: config.stdout,
+            stdout_torn: false,
+            counts: counts.clone(),
+            done: done_tx,
+            gate,
+        };
+        runtime.spawn(writer.run());
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                tx,
+                closing: AtomicBool::new(false),
+                counts,
+                done: done_rx,
+            }),
+        })
+    }
+
+    /// Serializes `event` here and queues it for the writer. When the queue is full this
+    /// waits for space: records are never dropped to keep up.
+    ///
+    /// After [`close`](Self::close) (on any clone) the record is refused: an error is
+    /// logged and it is counted as lost. If this future is dropped before the record was
+    /// queued (a cancelled request task), that too is logged and counted as lost, so call
+    /// it from a task that runs to completion.
+    pub async fn record(&self, event: &Event) {
+        let inner = &*self.inner;
+        let line = match event.to_line() {
+            Ok(line) => line,
+            Err(e) => {
+                inner.counts.lost.fetch_add(1, Ordering::AcqRel);
+                counter!(RECORDS_LOST).increment(1);
+                tracing::error!(audit_id = %event.audit_id, error = %e, "audit record lost: it cannot be serialized");
+                return;
+            }
+        };
+        let mut pending = PendingRecord::new(&inner.counts, &event.audit_id);
+        if inner.closing.load(Ordering::Acquire) {
+            pending.reason = CLOSED;
+            return;
+        }
+        match inner.tx.send(Msg::Record(line)).await {
+            Ok(()) => pending.queued = true,
+            Err(_) => pending.reason = CLOSED,
+        }
+    }
+
+    /// Stops every clone from accepting records, writes everything already queued, flushes
+    /// stdout, fsyncs the file and waits for the writer to finish.
+    ///
+    /// Returns the writer's outcome: an error if the final flush or fsync failed or if any
+    /// record was lost before the writer finished. Safe to call on several clones: each
+    /// call waits for the same writer and returns the same outcome. `record` calls that
+    /// start after `close` are refused and counted as lost.
+    pub async fn close(self) -> io::Result<()> {
+        self.inner.closing.store(true, Ordering::Release);
+        // Queued behind the records already sent; Err means the writer already closed.
+        let _ = self.inner.tx.send(Msg::Close).await;
+        let mut done = self.inner.done.clone();
+        let outcome = match done.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_) => None,
+        };
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err((kind, message))) => Err(io::Error::new(kind, message)),
+            None => Err(io::Error::other(
+                "the audit writer stopped before finishing",
+            )),
+        }
+    }
+
+    /// Records written to every configured sink so far.
+    pub fn written(&self) -> u64 {
+        self.inner.counts.written.load(Ordering::Acquire)
+    }
+
+    /// Records lost so far (see [`RECORDS_LOST`]).
+    pub fn lost(&self) -> u64 {
+        self.inner.counts.lost.load(Ordering::Acquire)
+    }
+}
+
+const CLOSED: &str = "the audit log is closed";
+
+/// Counts a record in [`QUEUE_DEPTH`] from the moment `record` takes it; unless it was
+/// queued (the writer then owns it), dropping this counts it as lost, loudly.
+struct PendingRecord<'a> {
+    counts: &'a Counts,
+    audit_id: &'a AuditId,
+    queued: bool,
+    reason: &'static str,
+}
+
+impl<'a> PendingRecord<'a> {
+    fn new(counts: &'a Counts, audit_id: &'a AuditId) -> Self {
+        counts.pending.fetch_add(1, Ordering::AcqRel);
+        gauge!(QUEUE_DEPTH).increment(1.0);
+        PendingRecord {
+            counts,
+            audit_id,
+            queued: false,
+            reason: "the recording task was cancelled before it was queued",
+        }
+    }
+}
+
+impl Drop for PendingRecord<'_> {
+    fn drop(&mut self) {
+        if self.queued {
+            return;
+        }
+        self.counts.pending.fetch_sub(1, Ordering::AcqRel);
+        gauge!(QUEUE_DEPTH).decrement(1.0);
+        self.counts.lost.fetch_add(1, Ordering::AcqRel);
+        counter!(RECORDS_LOST).increment(1);
+        tracing::error!(audit_id = %self.audit_id, "audit record lost: {}", self.reason);
+    }
+}
+
+/// Records drained from the queue, concatenated; `ends[i]` is where line `i` ends.
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn push(&mut self, line: &[u8]) {
+        self.buf.extend_from_slice(line);
+        self.ends.push(self.buf.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn start(&self, line: usize) -> usize {
+        if line == 0 { 0 } else { self.ends[line - 1] }
+    }
+}
+
+struct FileHandle {
+    /// Only the writer task (and the blocking calls it awaits) touches it.
+    sink: Arc<Mutex<FileSink>>,
+    path: PathBuf,
+}
+
+struct Writer {
+    rx: mpsc::Receiver<Msg>,
+    file: Option<FileHandle>,
+    stdout: bool,
+    /// A failed stdout write may have left half a line; the next write starts a new one.
+    stdout_torn: bool,
+    counts: Arc<Counts>,
+    done: watch::Sender<Option<Outcome>>,
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut msgs = Vec::with_capacity(BATCH);
+        loop {
+            if let Some(gate) = &self.gate
+                && let Ok(permit) = gate.acquire().await
+            {
+                permit.forget();
+            }
+            // 0 only when the channel is closed (by `close` or by every handle dropping)
+            // and drained.
+            if self.rx.recv_many(&mut msgs, BATCH).await == 0 {
+                break;
+            }
+            let mut batch = Batch::default();
+            for msg in msgs.drain(..) {
+                match msg {
+                    Msg::Record(line) => batch.push(&line),
+                    // Refuse new sends; what is already queued is still drained.
+                    Msg::Close => self.rx.close(),
+                }
+            }
+            if batch.len() > 0 {
+                self.write(batch).await;
+            }
+        }
+        let outcome = self.finish().await;
+        self.done.send_replace(Some(outcome));
+    }
+
+    /// Writes one batch to every sink, retrying failures, and settles its accounting.
+    async fn write(&mut self, batch: Batch) {
+        let n = batch.len();
+        let batch = Arc::new(batch);
+        let Writer {
+            file,
+            stdout,
+            stdout_torn,
+            ..
+        } = self;
+        let to_file = async {
+            match file {
+                Some(file) => write_file(file, &batch).await,
+                None => n,
+            }
+        };
+        let to_stdout = async {
+            if *stdout {
+                write_stdout(stdout_torn, &batch).await
+            } else {
+                true
+            }
+        };
+        let (in_file, stdout_ok) = tokio::join!(to_file, to_stdout);
+        let written = if stdout_ok { in_file } else { 0 };
+        let lost = n - written;
+        let counts = &self.counts;
+        counts.written.fetch_add(written as u64, Ordering::AcqRel);
+        counter!(RECORDS).increment(written as u64);
+        if lost > 0 {
+            counts.lost.fetch_add(lost as u64, Ordering::AcqRel);
+            counter!(RECORDS_LOST).increment(lost as u64);
+        }
+        counts.pending.fetch_sub(n as u64, Ordering::AcqRel);
+        gauge!(QUEUE_DEPTH).decrement(n as f64);
+    }
+
+    /// Flushes stdout and fsyncs the file; the outcome `close` reports.
+    async fn finish(&mut self) -> Outcome {
+        let mut result: io::Result<()> = Ok(());
+        if self.stdout
+            && let Err(e) = tokio::task::spawn_blocking(|| io::stdout().lock().flush())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+        {
+            counter!(WRITE_ERRORS).increment(1);
+            tracing::error!(error = %e, "cannot flush the audit log to stdout");
+            result = Err(e);
+        }
+        if let Some(file) = &self.file {
+            let sink = file.sink.clone();
+            let synced = tokio::task::spawn_blocking(move || lock(&sink).sync())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+            if let Err(e) = synced {
+                counter!(WRITE_ERRORS).increment(1);
+                tracing::error!(path = %file.path.display(), error = %e, "cannot fsync the audit log");
+                result = result.and(Err(e));
+            }
+        }
+        let lost = self.counts.lost.load(Ordering::Acquire);
+        match result {
+            Ok(()) if lost == 0 => Ok(()),
+            Ok(()) => Err((
+                io::ErrorKind::Other,
+                format!("{lost} audit records were lost"),
+            )),
+            Err(e) if lost == 0 => Err((e.kind(), e.to_string())),
+            Err(e) => Err((e.kind(), format!("{lost} audit records were lost; {e}"))),
+        }
+    }
+}
+
+/// Writes `batch` to the file, retrying from the first line that did not make it; returns
+/// how many lines (a prefix of the batch) are in the file.
+async fn write_file(file: &FileHandle, batch: &Arc<Batch>) -> usize {
+    let mut next = 0;
+    let mut attempt = 0;
+    loop {
+        let (sink, lines) = (file.sink.clone(), batch.clone());
+        let (reached, error) =
+            match tokio::task::spawn_blocking(move || lock(&sink).write_from(&lines, next)).await {
+                Ok(result) => result,
+                Err(e) => (next, Some(io::Error::other(e.to_string()))),
+            };
+        next = reached;
+        let Some(error) = error else { return next };
+        counter!(WRITE_ERRORS).increment(1);
+        let remaining = batch.len() - next;
+        if attempt == RETRIES {
+            tracing::error!(
+                path = %file.path.display(), %error, records = remaining,
+                "cannot write to the audit log; giving up, records lost"
+            );
+            return next;
+        }
+        let delay = backoff(attempt);
+        tracing::warn!(
+            path = %file.path.display(), %error, records = remaining,
+            retry_in = %humantime::format_duration(delay), "cannot write to the audit log"
+        );
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+/// Writes `batch` to stdout, retrying the whole batch on failure (a retry may repeat lines
+/// that did get out; the audit ID tells them apart). Returns whether it got out.
+///
+/// Blocking writes under the process's stdout lock (what `tokio::io::stdout` does on the
+/// blocking pool too), so no other stdout writer can interleave with a batch.
+async fn write_stdout(torn: &mut bool, batch: &Arc<Batch>) -> bool {
+    let mut attempt = 0;
+    loop {
+        let (lines, starts_torn) = (batch.clone(), *torn);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut out = io::stdout().lock();
+            if starts_torn {
+                out.write_all(b"\n")?;
+            }
+            out.write_all(&lines.buf)?;
+            out.flush()
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        let Err(error) = result else {
+            *torn = false;
+            return true;
+        };
+        *torn = true;
+        counter!(WRITE_ERRORS).increment(1);
+        if attempt == RETRIES {
+            tracing::error!(%error, records = batch.len(), "cannot write the audit log to stdout; giving up, records lost");
+            return false;
+        }
+        let delay = backoff(attempt);
+        tracing::warn!(%error, records = batch.len(), retry_in = %humantime::format_duration(delay), "cannot write the audit log to stdout");
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+fn lock(sink: &Mutex<FileSink>) -> MutexGuard<'_, FileSink> {
+    sink.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The audit file with size-based rotation. Blocking; used from `spawn_blocking` so that a
+/// failed write reports exactly how many bytes reached the file.
+struct FileSink {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the current file.
+    size: u64,
+    max_size: u64,
+    max_backups: usize,
+    /// The file may end in a partial line (a failed write that could not be cut off, or a
+    /// crash before this process started): the next write starts a new line.
+    torn: bool,
+    /// A regular file, not a pipe or device: rotated and fsynced.
+    regular: bool,
+}
+
+impl FileSink {
+    fn open(path: PathBuf, max_size: u64, max_backups: usize) -> io::Result<FileSink> {
+        let file = open_append(&path)?;
+        let metadata = file.metadata()?;
+        let regular = metadata.file_type().is_file();
+        let size = metadata.len();
+        // Unreadable (a write-only file): assume the last run ended its line.
+        let torn = regular && size > 0 && !ends_with_newline(&path, size).unwrap_or(true);
+        Ok(FileSink {
+            path,
+            file,
+            size,
+            // A pipe or device (a log shipper's FIFO, /dev/stderr) is never renamed.
+            max_size: if regular { max_size } else { 0 },
+            max_backups,
+            torn,
+            regular,
+        })
+    }
+
+    /// fsync; pipes and devices have nothing to sync.
+    fn sync(&self) -> io::Result<()> {
+        if self.regular {
+            self.file.sync_all()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes lines `next..` of `batch`, rotating as needed. Returns the index of the first
+    /// line not completely written and the error that stopped it, if any.
+    fn write_from(&mut self, batch: &Batch, mut next: usize) -> (usize, Option<io::Error>) {
+        if self.torn && next < batch.len() {
+            if let Err(e) = self.file.write_all(b"\n") {
+                return (next, Some(e));
+            }
+            self.size += 1;
+            self.torn = false;
+        }
+        let mut rotation_failed = false;
+        while next < batch.len() {
+            let start = batch.start(next);
+            let rotating = self.max_size > 0 && !rotation_failed;
+            // Rotate before a write that would pass the limit; never an empty file, so a
+            // record larger than the limit is written whole.
+            if rotating
+                && self.size > 0
+                && self.size + (batch.ends[next] - start) as u64 > self.max_size
+                && let Err(e) = self.rotate()
+            {
+                counter!(WRITE_ERRORS).increment(1);
+                tracing::error!(
+                    path = %self.path.display(), error = %e,
+                    "cannot rotate the audit log; writing on past its size limit"
+                );
+                rotation_failed = true;
+            }
+            // The run of lines that fits; at least one.
+            let mut end = next + 1;
+            if self.max_size == 0 || rotation_failed {
+                end = batch.len();
+            } else {
+                while end < batch.len()
+                    && self.size + (batch.ends[end] - start) as u64 <= self.max_size
+                {
+                    end += 1;
+                }
+            }
+            let run = &batch.buf[start..batch.ends[end - 1]];
+            let (sent, error) = write_counting(&mut self.file, run);
+            let Some(error) = error else {
+                self.size += run.len() as u64;
+                next = end;
+                continue;
+            };
+            // Keep the complete lines; cut off a partial one if the file lets us.
+            let complete = (next..end)
+                .take_while(|&line| batch.ends[line] - start <= sent)
+                .count();
+            let kept = if complete == 0 {
+                0
+            } else {
+                batch.ends[next + complete - 1] - start
+            };
+            if sent > kept {
+                if self.file.set_len(self.size + kept as u64).is_ok() {
+                    self.size += kept as u64;
+                } else {
+                    self.size += sent as u64;
+                    self.torn = true;
+                }
+            } else {
+                self.size += kept as u64;
+            }
+            return (next + complete, Some(error));
+        }
+        (next, None)
+    }
+
+    /// `audit.log` → `audit.log.1` → ... → `audit.log.N`, dropping the oldest, then a fresh
+    /// `audit.log`.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        if self.max_backups == 0 {
+            ignore_not_found(std::fs::remove_file(&self.path))?;
+        } else {
+            ignore_not_found(std::fs::remove_file(backup_path(
+                &self.path,
+                self.max_backups,
+            )))?;
+            for i in (1..self.max_backups).rev() {
+                ignore_not_found(std::fs::rename(
+                    backup_path(&self.path, i),
+                    backup_path(&self.path, i + 1),
+                ))?;
+            }
+            ignore_not_found(std::fs::rename(&self.path, backup_path(&self.path, 1)))?;
+        }
+        let file = open_append(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = file;
+        self.torn = false;
+        Ok(())
+    }
+}
+
+/// Writes all of `bytes` unless an error stops it; returns how many bytes were written.
+fn write_counting(file: &mut File, bytes: &[u8]) -> (usize, Option<io::Error>) {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match file.write(&bytes[sent..]) {
+            Ok(0) => return (sent, Some(io::ErrorKind::WriteZero.into())),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (sent, Some(e)),
+        }
+    }
+    (sent, None)
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+#[cfg(unix)]
+fn ends_with_newline(path: &Path, size: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    File::open(path)?.read_exact_at(&mut last, size - 1)?;
+    Ok(last[0] == b'\n')
+}
+
+#[cfg(not(unix))]
+fn ends_with_newline(_path: &Path, _size: u64) -> io::Result<bool> {
+    Ok(true)
+}
+
+fn backup_path(path: &Path, index: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{index}"));
+    PathBuf::from(name)
+}
+
+fn ignore_not_found(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::future::Future;
+    use std::task::Poll;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn at(secs: u64, micros: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)
+    }
+
+    fn ts(t: SystemTime) -> String {
+        Timestamp(t).to_string()
+    }
+
+    fn full_event() -> Event {
+        Event {
+            audit_id: AuditId("0f8c1a2b-3c4d-4e5f-8a6b-7c8d9e0f1a2b".into()),
+            stage: Stage::ResponseComplete,
+            request_uri: "/api/v1/namespaces/dev/pods?limit=500".into(),
+            verb: "list".into(),
+            user: Some(UserInfo {
+                username: "alice".into(),
+                uid: Some("u-1".into()),
+                groups: vec!["devs".into(), "ops".into()],
+                extra: BTreeMap::from([("scopes".into(), vec!["a".into(), "b".into()])]),
+            }),
+            impersonated_user: Some(UserInfo {
+                username: "alice".into(),
+                groups: vec!["devs".into()],
+                ..UserInfo::default()
+            }),
+            source_ips: vec!["192.0.2.10".into()],
+            user_agent: Some("kubectl/v1.34.0".into()),
+            object_ref: Some(ObjectRef {
+                resource: "pods".into(),
+                namespace: "dev".into(),
+                api_version: "v1".into(),
+                ..ObjectRef::default()
+            }),
+            response_code: 200,
+            request_received: at(1_795_867_200, 123_456),
+            stage_time: at(1_795_867_200, 130_001),
+            annotations: BTreeMap::from([
+                ("kubegate.io/decision".into(), "allow".into()),
+                ("kubegate.io/rule".into(), "devs-read".into()),
+            ]),
+        }
+    }
+
+    fn minimal_event() -> Event {
+        Event {
+            audit_id: AuditId::new(),
+            stage: Stage::ResponseStarted,
+            request_uri: "/api".into(),
+            verb: "get".into(),
+            user: None,
+            impersonated_user: None,
+            source_ips: Vec::new(),
+            user_agent: Some(String::new()),
+            object_ref: None,
+            response_code: 401,
+            request_received: at(0, 0),
+            stage_time: at(0, 1),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// A distinct event of some bulk, for the writer tests.
+    fn numbered(i: usize) -> Event {
+        let mut event = full_event();
+        event.audit_id = AuditId::new();
+        event.request_uri = format!("/api/v1/namespaces/dev/pods/p-{i}");
+        event
+    }
+
+    fn config(file: &Path, queue_size: usize) -> AuditConfig {
+        AuditConfig {
+            stdout: false,
+            file: Some(file.to_path_buf()),
+            max_file_size: 0,
+            max_backups: 0,
+            queue_size,
+        }
+    }
+
+    /// Every line of `path`, each checked to be one JSON object.
+    fn lines(path: &Path) -> Vec<Value> {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{} ends mid-line",
+            path.display()
+        );
+        text.lines()
+            .map(|line| serde_json::from_str::<Value>(line).expect("each line is one JSON object"))
+            .inspect(|value| assert!(value.is_object()))
+            .collect()
+    }
+
+    fn uri(value: &Value) -> &str {
+        value["requestURI"].as_str().unwrap()
+    }
+
+    /// Polls `fut` exactly once.
+    async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
+    }
+
+    #[test]
+    fn a_full_event_has_the_api_servers_shape() {
+        let line = full_event().to_line().unwrap();
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(text.ends_with("}\n") && text.matches('\n').count() == 1);
+        assert!(text.starts_with(
+            r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"0f8c1a2b-"#
+        ));
+        let value: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "kind": "Event",
+                "apiVersion": "audit.k8s.io/v1",
+                "level": "Metadata",
+                "auditID": "0f8c1a2b-3c4d-4e5f-8a6b-7c8d9e0f1a2b",
+                "stage": "ResponseComplete",
+                "requestURI": "/api/v1/namespaces/dev/pods?limit=500",
+                "verb": "list",
+                "user": {
+                    "username": "alice",
+                    "uid": "u-1",
+                    "groups": ["devs", "ops"],
+                    "extra": {"scopes": ["a", "b"]}
+                },
+                "impersonatedUser": {"username": "alice", "groups": ["devs"]},
+                "sourceIPs": ["192.0.2.10"],
+                "userAgent": "kubectl/v1.34.0",
+                "objectRef": {"resource": "pods", "namespace": "dev", "apiVersion": "v1"},
+                "responseStatus": {"metadata": {}, "code": 200},
+                "requestReceivedTimestamp": "2026-11-28T12:00:00.123456Z",
+                "stageTimestamp": "2026-11-28T12:00:00.130001Z",
+                "annotations": {"kubegate.io/decision": "allow", "kubegate.io/rule": "devs-read"}
+            })
+        );
+    }
+
+    #[test]
+    fn empty_fields_are_omitted() {
+        let event = minimal_event();
+        let value: Value = serde_json::from_slice(&event.to_line().unwrap()).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "kind": "Event",
+                "apiVersion": "audit.k8s.io/v1",
+                "level": "Metadata",
+                "auditID": event.audit_id.as_str(),
+                "stage": "ResponseStarted",
+                "requestURI": "/api",
+                "verb": "get",
+                "responseStatus": {"metadata": {}, "code": 401},
+                "requestReceivedTimestamp": "1970-01-01T00:00:00.000000Z",
+                "stageTimestamp": "1970-01-01T00:00:00.000001Z"
+            })
+        );
+        let user = UserInfo {
+            username: "bob".into(),
+            uid: Some(String::new()),
+            ..UserInfo::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&user).unwrap(),
+            json!({"username": "bob"})
+        );
+        let object = ObjectRef {
+            resource: "namespaces".into(),
+            ..ObjectRef::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&object).unwrap(),
+            json!({"resource": "namespaces"})
+        );
+        let object = ObjectRef {
+            api_group: "apps".into(),
+            subresource: "scale".into(),
+            name: "web".into(),
+            ..ObjectRef::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&object).unwrap(),
+            json!({"name": "web", "apiGroup": "apps", "subresource": "scale"})
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        assert_eq!(ts(at(0, 0)), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            ts(at(1_795_867_200, 123_456)),
+            "2026-11-28T12:00:00.123456Z"
+        );
+        // Leap days: a year divisible by 400, an ordinary leap year; 2100 has no Feb 29.
+        assert_eq!(ts(at(951_782_400, 0)), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            ts(at(1_709_251_199, 999_999)),
+            "2024-02-29T23:59:59.999999Z"
+        );
+        assert_eq!(ts(at(68_256_000, 0)), "1972-03-01T00:00:00.000000Z");
+        assert_eq!(ts(at(4_107_456_000, 0)), "2100-02-28T00:00:00.000000Z");
+        assert_eq!(ts(at(4_107_542_400, 0)), "2100-03-01T00:00:00.000000Z");
+        assert_eq!(ts(at(253_402_300_799, 0)), "9999-12-31T23:59:59.000000Z");
+        // Nanoseconds are truncated, not rounded.
+        assert_eq!(
+            ts(UNIX_EPOCH + Duration::from_nanos(1_999)),
+            "1970-01-01T00:00:00.000001Z"
+        );
+        // Before the epoch.
+        assert_eq!(
+            ts(UNIX_EPOCH - Duration::from_secs(1)),
+            "1969-12-31T23:59:59.000000Z"
+        );
+        assert_eq!(
+            ts(UNIX_EPOCH - Duration::from_nanos(1_500)),
+            "1969-12-31T23:59:59.999998Z"
+        );
+    }
+
+    #[test]
+    fn civil_from_days_agrees_with_counting_days() {
+        fn days_in(year: i64, month: u32) -> u32 {
+            let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+            match month {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            }
+        }
+        // Forward from 1970 to 2400, backward to 1600.
+        let (mut y, mut m, mut d) = (1970, 1, 1);
+        for days in 0..157_000 {
+            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+            d += 1;
+            if d > days_in(y, m) {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+        let (mut y, mut m, mut d) = (1969, 12, 31);
+        for days in 1..135_000 {
+            assert_eq!(civil_from_days(-days), (y, m, d), "day -{days}");
+            d -= 1;
+            if d == 0 {
+                m -= 1;
+                if m == 0 {
+                    m = 12;
+                    y -= 1;
+                }
+                d = days_in(y, m);
+            }
+        }
+    }
+
+    #[test]
+    fn audit_ids_are_v4_uuids_and_unique() {
+        let mut seen = HashSet::new();
+        for _ in 0..10_000 {
+            let id = AuditId::new();
+            let s = id.as_str();
+            assert_eq!(s.len(), 36);
+            assert_eq!(id.to_string(), s);
+            for (i, c) in s.chars().enumerate() {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    assert_eq!(c, '-', "{s}");
+                } else {
+                    assert!(matches!(c, '0'..='9' | 'a'..='f'), "{s}");
+                }
+            }
+            assert_eq!(&s[14..15], "4", "version nibble: {s}");
+            assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant: {s}");
+            assert!(seen.insert(id));
+        }
+        assert_eq!(
+            AuditId::from_random([0xff; 16]).as_str(),
+            "ffffffff-ffff-4fff-bfff-ffffffffffff"
+        );
+        assert_eq!(
+            AuditId::from_random([0; 16]).as_str(),
+            "00000000-0000-4000-8000-000000000000"
+        );
+        assert_eq!(
+            serde_json::to_value(AuditId::from_random([0; 16])).unwrap(),
+            json!("00000000-0000-4000-8000-000000000000")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn ten_thousand_concurrent_records_are_all_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(config(&path, 16)).unwrap();
+        let tasks: Vec<_> = (0..100)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    for i in 0..100 {
+                        log.record(&numbered(t * 100 + i)).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let handle = log.clone();
+        log.close().await.unwrap();
+        assert_eq!(handle.written(), 10_000);
+        assert_eq!(handle.lost(), 0);
+        assert_eq!(handle.inner.counts.pending.load(Ordering::Acquire), 0);
+        let lines = lines(&path);
+        assert_eq!(lines.len(), 10_000);
+        let ids: HashSet<_> = lines
+            .iter()
+            .map(|l| l["auditID"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        let uris: HashSet<_> = lines.iter().map(uri).collect();
+        assert_eq!(uris.len(), 10_000);
+    }
+
+    #[tokio::test]
+    async fn rotation_never_splits_a_line_and_keeps_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let line_len = numbered(0).to_line().unwrap().len() as u64;
+        let max = line_len * 3 + line_len / 2;
+        let log = AuditLog::start(AuditConfig {
+            max_file_size: max,
+            max_backups: 100,
+            ..config(&path, 4)
+        })
+        .unwrap();
+        for i in 0..20 {
+            log.record(&numbered(i)).await;
+        }
+        let handle = log.clone();
+        log.close().await.unwrap();
+        assert_eq!(handle.written(), 20);
+
+        // Oldest backup first: the files read in order give the records in order.
+        let mut files: Vec<PathBuf> = (1..=100)
+            .rev()
+            .map(|i| backup_path(&path, i))
+            .filter(|p| p.exists())
+            .collect();
+        files.push(path.clone());
+        // 20 records, 3 a file: six full files, the newest holds the last 2.
+        assert_eq!(files.len(), 7);
+        let mut all = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let size = std::fs::metadata(file).unwrap().len();
+            assert!(size <= max, "{} is {size} bytes", file.display());
+            let lines = lines(file);
+            assert_eq!(
+                lines.len(),
+                if i == 6 { 2 } else { 3 },
+                "{}",
+                file.display()
+            );
+            all.extend(lines);
+        }
+        let uris: Vec<_> = all.iter().map(uri).collect();
+        let expected: Vec<_> = (0..20)
+            .map(|i| format!("/api/v1/namespaces/dev/pods/p-{i}"))
+            .collect();
+        assert_eq!(uris, expected);
+    }
+
+    #[tokio::test]
+    async fn rotation_deletes_the_oldest_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let line_len = numbered(0).to_line().unwrap().len() as u64;
+        let log = AuditLog::start(AuditConfig {
+            max_file_size: line_len * 2,
+            max_backups: 2,
+            ..config(&path, 1)
+        })
+        .unwrap();
+        for i in 0..10 {
+            log.record(&numbered(i)).await;
+        }
+        log.close().await.unwrap();
+        assert!(!backup_path(&path, 3).exists());
+        let mut uris = Vec::new();
+        for file in [backup_path(&path, 2), backup_path(&path, 1), path.clone()] {
+            uris.extend(lines(&file).iter().map(|l| uri(l).to_owned()));
+        }
+        let expected: Vec<_> = (4..10)
+            .map(|i| format!("/api/v1/namespaces/dev/pods/p-{i}"))
+            .collect();
+        assert_eq!(uris, expected);
+    }
+
+    #[tokio::test]
+    async fn a_record_larger_than_the_limit_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(AuditConfig {
+            max_file_size: 100,
+            max_backups: 5,
+            ..config(&path, 8)
+        })
+        .unwrap();
+        let mut big = numbered(0);
+        big.annotations
+            .insert("kubegate.io/note".into(), "x".repeat(5_000));
+        log.record(&numbered(1)).await;
+        log.record(&big).await;
+        log.record(&numbered(2)).await;
+        log.close().await.unwrap();
+        // Each record is larger than the limit: one a file, none split.
+        let files = [backup_path(&path, 2), backup_path(&path, 1), path.clone()];
+        let per_file: Vec<_> = files.iter().map(|f| lines(f)).collect();
+        assert!(per_file.iter().all(|l| l.len() == 1));
+        assert_eq!(
+            per_file[1][0]["annotations"]["kubegate.io/note"]
+                .as_str()
+                .unwrap()
+                .len(),
+            5_000
+        );
+        assert!(!backup_path(&path, 3).exists());
+    }
+
+    #[tokio::test]
+    async fn close_flushes_everything_recorded_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(config(&path, 1024)).unwrap();
+        for i in 0..500 {
+            log.record(&numbered(i)).await;
+        }
+        let handle = log.clone();
+        log.close().await.unwrap();
+        assert_eq!(lines(&path).len(), 500);
+        assert_eq!(handle.written(), 500);
+    }
+
+    #[tokio::test]
+    async fn records_after_close_are_refused_loudly_and_close_is_repeatable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(config(&path, 4)).unwrap();
+        let other = log.clone();
+        log.record(&numbered(0)).await;
+        log.close().await.unwrap();
+        other.record(&numbered(1)).await;
+        assert_eq!(other.lost(), 1);
+        assert_eq!(other.written(), 1);
+        assert_eq!(other.inner.counts.pending.load(Ordering::Acquire), 0);
+        // A second close waits for the same (finished) writer and reports its outcome.
+        let third = other.clone();
+        other.close().await.unwrap();
+        third.record(&numbered(2)).await;
+        assert_eq!(third.lost(), 2);
+        assert_eq!(lines(&path).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_record_wait_instead_of_dropping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let gate = Arc::new(Semaphore::new(0));
+        let log = AuditLog::start_gated(config(&path, 1), Some(gate.clone())).unwrap();
+        let pending = |log: &AuditLog| log.inner.counts.pending.load(Ordering::Acquire);
+
+        // The writer is stalled: the first record takes the only queue slot...
+        log.record(&numbered(0)).await;
+        assert_eq!(pending(&log), 1);
+        // ...and the second waits for space, counted as pending, not dropped.
+        let second = numbered(1);
+        let mut waiting = Box::pin(log.record(&second));
+        assert!(poll_once(&mut waiting).await.is_pending());
+        tokio::task::yield_now().await;
+        assert!(poll_once(&mut waiting).await.is_pending());
+        assert_eq!(pending(&log), 2);
+        assert_eq!(log.written(), 0);
+        assert_eq!(log.lost(), 0);
+
+        // Let the writer go: the waiting record is accepted and written.
+        gate.add_permits(1_000);
+        waiting.await;
+        let handle = log.clone();
+        log.close().await.unwrap();
+        assert_eq!(handle.written(), 2);
+        assert_eq!(pending(&handle), 0);
+        let uris: Vec<_> = lines(&path).iter().map(|l| uri(l).to_owned()).collect();
+        assert_eq!(
+            uris,
+            [
+                "/api/v1/namespaces/dev/pods/p-0",
+                "/api/v1/namespaces/dev/pods/p-1"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_record_is_counted_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let gate = Arc::new(Semaphore::new(0));
+        let log = AuditLog::start_gated(config(&path, 1), Some(gate.clone())).unwrap();
+        log.record(&numbered(0)).await;
+        let second = numbered(1);
+        let mut waiting = Box::pin(log.record(&second));
+        assert!(poll_once(&mut waiting).await.is_pending());
+        drop(waiting);
+        assert_eq!(log.lost(), 1);
+        assert_eq!(log.inner.counts.pending.load(Ordering::Acquire), 1);
+        gate.add_permits(1_000);
+        let handle = log.clone();
+        let error = log.close().await.unwrap_err();
+        assert!(
+            error.to_string().contains("1 audit records were lost"),
+            "{error}"
+        );
+        assert_eq!(handle.written(), 1);
+        assert_eq!(lines(&path).len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn appends_to_an_existing_file_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(config(&path, 4)).unwrap();
+        log.record(&numbered(0)).await;
+        log.close().await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // A previous run that died mid-line: the next record starts on a line of its own.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"kind":"Ev"#).unwrap();
+        drop(file);
+        let log = AuditLog::start(config(&path, 4)).unwrap();
+        log.record(&numbered(1)).await;
+        log.close().await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1], r#"{"kind":"Ev"#);
+        let last: Value = serde_json::from_str(lines[2]).unwrap();
+        assert_eq!(uri(&last), "/api/v1/namespaces/dev/pods/p-1");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(start_paused = true)]
+    async fn write_errors_are_retried_then_counted_as_lost() {
+        // Every write to /dev/full fails with ENOSPC. No rotation: never rename it.
+        let log = AuditLog::start(config(Path::new("/dev/full"), 4)).unwrap();
+        for i in 0..3 {
+            log.record(&numbered(i)).await;
+        }
+        let handle = log.clone();
+        let error = log.close().await.unwrap_err();
+        assert!(
+            error.to_string().contains("audit records were lost"),
+            "{error}"
+        );
+        assert_eq!(handle.written(), 0);
+        assert_eq!(handle.lost(), 3);
+        assert_eq!(handle.inner.counts.pending.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn start_refuses_a_useless_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let no_sink = AuditConfig {
+            file: None,
+            ..config(&path, 4)
+        };
+        assert_eq!(
+            AuditLog::start(no_sink).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            AuditLog::start(config(&path, 0)).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let missing_dir = dir.path().join("nope").join("audit.log");
+        let error = AuditLog::start(config(&missing_dir, 4)).unwrap_err();
+        assert!(error.to_string().contains("nope"), "{error}");
+    }
+
+    #[test]
+    fn start_needs_a_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = AuditLog::start(config(&dir.path().join("audit.log"), 4)).unwrap_err();
+        assert!(error.to_string().contains("tokio runtime"), "{error}");
+    }
+
+    #[test]
+    fn handles_and_record_futures_are_send() {
+        fn send_sync<T: Send + Sync + Clone>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<AuditLog>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::start(config(&dir.path().join("audit.log"), 4)).unwrap();
+        let event = minimal_event();
+        send(&log.record(&event));
+        send(&log.clone().close());
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        let delays: Vec<_> = (0..RETRIES).map(backoff).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1_000].map(Duration::from_millis)
+        );
+    }
+}

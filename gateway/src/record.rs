@@ -1,0 +1,213 @@
+//! What a request leaves behind: its audit records, and the guard that keeps its
+//! admission slot and writes its final record when a long-running request ends.
+//!
+//! An ordinary request gets one `ResponseComplete` record when its response starts. A
+//! long-running one (watch, log follow, an upgraded exec/attach/port-forward) gets a
+//! `ResponseStarted` record then, and a `ResponseComplete` record when its stream or
+//! spliced connection ends, written by [`Completion`]'s drop.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use kubegate_policy::RequestAttributes;
+
+use crate::audit::{AuditId, AuditLog, Event, ObjectRef, Stage, UserInfo};
+use crate::authn::Identity;
+use crate::forward::ForwardedIdentity;
+use crate::limits::Permit;
+
+/// Everything the audit record of one request needs, filled in phase by phase.
+pub struct Facts {
+    /// The request's audit ID.
+    pub audit_id: AuditId,
+    /// When the request arrived.
+    pub received: SystemTime,
+    /// Path and query as received.
+    pub request_uri: String,
+    /// The client's address.
+    pub source_ip: String,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// Builds the audit event for a request.
+#[allow(clippy::too_many_arguments)]
+pub fn event(
+    facts: &Facts,
+    stage: Stage,
+    attributes: Option<&RequestAttributes>,
+    identity: Option<&Identity>,
+    forwarded: Option<&ForwardedIdentity>,
+    code: u16,
+    annotations: BTreeMap<String, String>,
+) -> Event {
+    let (verb, object_ref) = match attributes {
+        Some(RequestAttributes::Resource(r)) => (
+            r.verb.clone(),
+            Some(ObjectRef {
+                resource: r.resource.clone(),
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                api_group: r.api_group.clone(),
+                api_version: r.api_version.clone(),
+                subresource: r.subresource.clone(),
+            }),
+        ),
+        Some(RequestAttributes::NonResource(n)) => (n.verb.clone(), None),
+        None => (String::new(), None),
+    };
+    Event {
+        audit_id: facts.audit_id.clone(),
+        stage,
+        request_uri: facts.request_uri.clone(),
+        verb,
+        user: identity.map(|i| UserInfo {
+            username: i.username.clone(),
+            uid: i.uid.clone(),
+            groups: i.groups.clone(),
+            extra: i.extra.clone(),
+        }),
+        impersonated_user: forwarded.map(|f| UserInfo {
+            username: f.user.clone(),
+            uid: f.uid.clone(),
+            groups: f.groups.clone(),
+            extra: f.extra.clone(),
+        }),
+        source_ips: vec![facts.source_ip.clone()],
+        user_agent: facts.user_agent.clone(),
+        object_ref,
+        response_code: code,
+        request_received: facts.received,
+        stage_time: SystemTime::now(),
+        annotations,
+    }
+}
+
+/// Counts `ResponseComplete` records still being written by guards, so shutdown can wait
+/// for them before closing the audit log.
+#[derive(Clone, Default)]
+pub struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    /// Records not yet handed to the audit log.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Waits until no record is pending, for at most `limit`.
+    pub async fn drained(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Held for the life of a request's response (its body, or its spliced connection):
+/// releases the admission slot and, for long-running requests, writes the
+/// `ResponseComplete` record when dropped.
+pub struct Completion {
+    permit: Option<Permit>,
+    finish: Option<(AuditLog, Event, Pending)>,
+}
+
+impl Completion {
+    /// Holds `permit`; when `finish` is given, writes that event (its stage time reset to
+    /// the moment of drop) to the audit log on drop.
+    pub fn new(
+        permit: Option<Permit>,
+        finish: Option<(AuditLog, Event)>,
+        pending: &Pending,
+    ) -> Self {
+        let finish = finish.map(|(log, event)| {
+            pending.0.fetch_add(1, Ordering::AcqRel);
+            (log, event, pending.clone())
+        });
+        Completion { permit, finish }
+    }
+
+    /// Cancels the final record (the request turned out not to be long-running, for
+    /// example a refused upgrade).
+    pub fn disarm(&mut self) {
+        if let Some((_, _, pending)) = self.finish.take() {
+            pending.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The admission slot, handed back (after [`Completion::disarm`]).
+    pub fn into_permit(mut self) -> Option<Permit> {
+        self.permit.take()
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some((log, mut event, pending)) = self.finish.take() {
+            event.stage = Stage::ResponseComplete;
+            event.stage_time = SystemTime::now();
+            // Drop cannot wait; the pending count lets shutdown wait instead.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        log.record(&event).await;
+                        pending.0.fetch_sub(1, Ordering::AcqRel);
+                    });
+                }
+                Err(_) => {
+                    pending.0.fetch_sub(1, Ordering::AcqRel);
+                    tracing::error!(audit_id = %event.audit_id, "audit record lost: no runtime at stream end");
+                }
+            }
+        }
+    }
+}
+
+/// A response body that keeps a [`Completion`] until the body is finished or dropped.
+pub struct Guarded<B> {
+    inner: B,
+    completion: Option<Completion>,
+}
+
+impl<B> Guarded<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, completion: Completion) -> Self {
+        Guarded {
+            inner,
+            completion: Some(completion),
+        }
+    }
+}
+
+impl<B> HttpBody for Guarded<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            // Finished: release now rather than when hyper drops the body.
+            self.completion.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

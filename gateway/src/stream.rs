@@ -1,0 +1,651 @@
+//! Bodies in motion: request bodies streamed upstream under the size cap, responses
+//! streamed back frame by frame, and the bounds that replace a request timeout for the
+//! requests that never finish quickly (watch, `logs --follow`, proxy).
+//!
+//! Nothing here buffers a body. A response frame is handed to the client connection as
+//! soon as the upstream produces it, and the next one is read from the upstream only when
+//! the client connection asks for it, so a slow client slows the upstream down (HTTP/2
+//! flow control, TCP windows) instead of growing a buffer in the gateway. What is in
+//! flight per stream is bounded by hyper's buffers and the HTTP/2 windows, whatever the
+//! size of the response.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Request};
+use http_body::{Frame, SizeHint};
+use kubegate_config::Limits;
+use kubegate_policy::RequestAttributes;
+use tokio::time::{Instant, Sleep};
+use tower::BoxError;
+use tracing::debug;
+
+use crate::error::GatewayError;
+use crate::forward::strip_hop_by_hop;
+use crate::observe::OPEN_STREAMS;
+use crate::upstream::{StreamLease, Upstream};
+
+/// After the client's own `timeoutSeconds`, the gateway waits this much longer before it
+/// ends a watch itself, so that the API server's clean end normally comes first.
+const TIMEOUT_SECONDS_GRACE: Duration = Duration::from_secs(5);
+
+/// What kind of long-running stream a request opens, as the `kind` label of
+/// `kubegate_open_streams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `?watch=true` or the legacy `/watch/` paths.
+    Watch,
+    /// Any other long-running response: `logs --follow`, proxy.
+    Stream,
+    /// A spliced connection: exec, attach, port-forward.
+    Upgrade,
+}
+
+impl StreamKind {
+    /// The kind of a request that is not an upgrade, or `None` for an ordinary request.
+    pub fn of(attributes: &RequestAttributes) -> Option<Self> {
+        if !attributes.is_long_running() {
+            None
+        } else if attributes.verb() == "watch" {
+            Some(StreamKind::Watch)
+        } else {
+            Some(StreamKind::Stream)
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            StreamKind::Watch => "watch",
+            StreamKind::Stream => "stream",
+            StreamKind::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// Counts one open stream in `kubegate_open_streams` until dropped, so every way a stream
+/// can end (finished, client gone, upstream gone, timed out, task cancelled) uncounts it.
+#[derive(Debug)]
+pub struct OpenStream(StreamKind);
+
+impl OpenStream {
+    /// Starts counting a stream of `kind`.
+    pub fn new(kind: StreamKind) -> Self {
+        metrics::gauge!(OPEN_STREAMS, "kind" => kind.label()).increment(1.0);
+        OpenStream(kind)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(OPEN_STREAMS, "kind" => self.0.label()).decrement(1.0);
+    }
+}
+
+/// Sends an authorized, sanitised request that is not an upgrade, and streams the answer
+/// back: the request body under the cap (unless the request is long-running), the
+/// response with hop-by-hop headers removed, bounded by [`Bounds`].
+pub async fn forward(
+    upstream: &Upstream,
+    limits: &Limits,
+    attributes: &RequestAttributes,
+    parts: Parts,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let kind = StreamKind::of(attributes);
+    let bounds = match kind {
+        Some(_) => Bounds {
+            idle: limits.stream_idle_timeout,
+            deadline: timeout_seconds(parts.uri.query()).map(|t| t + TIMEOUT_SECONDS_GRACE),
+            end_cleanly: true,
+        },
+        None => Bounds::ordinary(upstream.timeout()),
+    };
+    let (body, cap) = request_body(
+        &parts.headers,
+        body,
+        limits.max_request_body,
+        kind.is_some(),
+    )?;
+    let request = Request::from_parts(parts, body);
+    let sent = match kind {
+        Some(_) => upstream
+            .send_long_running(request)
+            .await
+            .map(|(response, lease)| (response, Some(lease))),
+        None => upstream
+            .send(request)
+            .await
+            .map(|response| (response, None)),
+    };
+    let (response, lease) = match sent {
+        // The upstream saw the body cut off by our cap (and answered with a reset or not at
+        // all): the client's fault, said as such.
+        Err(_) if cap.exceeded() => {
+            return Err(GatewayError::PayloadTooLarge {
+                limit: limits.max_request_body,
+            });
+        }
+        other => other?,
+    };
+    let open = kind.map(OpenStream::new);
+    Ok(relay(response, bounds, Held { open, lease }))
+}
+
+/// The upstream's response for the client: hop-by-hop headers removed, the body streamed
+/// under `bounds`, `held` released when the body is dropped.
+pub fn relay<B>(response: http::Response<B>, bounds: Bounds, held: Held) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::new(ResponseBody::new(body, bounds, held)))
+}
+
+/// What a response body keeps alive until it is dropped.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The open-stream count.
+    pub open: Option<OpenStream>,
+    /// The slot on a long-running upstream connection.
+    pub lease: Option<StreamLease>,
+}
+
+/// How long a response body may make the client wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The longest wait for the upstream's next frame. It runs only while the client is
+    /// waiting for one: a client that reads slowly is never cut off for it.
+    pub idle: Duration,
+    /// The stream ends at this point after it started, whatever is happening.
+    pub deadline: Option<Duration>,
+    /// Ending a long-running stream is a normal end for a client (it re-watches, as after
+    /// the API server's own timeout); ending any other body early is an error, so the
+    /// client cannot take a truncated list for a complete one.
+    pub end_cleanly: bool,
+}
+
+impl Bounds {
+    /// An ordinary response: the upstream timeout between frames, no deadline, an error
+    /// when exceeded.
+    pub fn ordinary(idle: Duration) -> Self {
+        Bounds {
+            idle,
+            deadline: None,
+            end_cleanly: false,
+        }
+    }
+}
+
+/// Why a response body was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The upstream sent nothing for too long.
+    #[error("the upstream sent nothing for {0:?}")]
+    Idle(Duration),
+    /// The stream outlived its deadline.
+    #[error("the stream outlived its deadline of {0:?}")]
+    Deadline(Duration),
+}
+
+/// The client's `timeoutSeconds`, read as the API server reads it (the first value).
+fn timeout_seconds(query: Option<&str>) -> Option<Duration> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "timeoutSeconds")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// A response body passed through frame by frame under [`Bounds`].
+pub struct ResponseBody<B> {
+    inner: B,
+    bounds: Bounds,
+    idle: Pin<Box<Sleep>>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The client asked for a frame and the upstream has not produced it yet: only then
+    /// does the idle timer run.
+    waiting: bool,
+    done: bool,
+    _held: Held,
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps `inner`; the deadline starts now.
+    pub fn new(inner: B, bounds: Bounds, held: Held) -> Self {
+        let now = Instant::now();
+        ResponseBody {
+            inner,
+            bounds,
+            idle: Box::pin(tokio::time::sleep_until(now + bounds.idle)),
+            deadline: bounds
+                .deadline
+                .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+            waiting: false,
+            done: false,
+            _held: held,
+        }
+    }
+
+    fn cut(&mut self, why: StreamError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        if self.bounds.end_cleanly {
+            debug!(reason = %why, "ending a long-running response");
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Err(why.into())))
+        }
+    }
+}
+
+impl<B> http_body::Body for ResponseBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            let limit = this.bounds.deadline.unwrap_or_default();
+            return this.cut(StreamError::Deadline(limit));
+        }
+        if !this.waiting {
+            this.idle.as_mut().reset(Instant::now() + this.bounds.idle);
+            this.waiting = true;
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                this.cut(StreamError::Idle(this.bounds.idle))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether the request body cap cut a body off.
+#[derive(Debug, Default)]
+pub struct Cap(Option<Arc<AtomicBool>>);
+
+impl Cap {
+    /// The body went over the cap (and the upstream request failed for it).
+    pub fn exceeded(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|hit| hit.load(Ordering::Acquire))
+    }
+}
+
+/// The request body to forward, streamed. Long-running requests (proxy, streaming
+/// subresources) are not capped: their bodies are streams, not API objects. Otherwise a
+/// declared length over the cap is refused before anything is sent, and a body without
+/// one is cut off when it passes the cap; [`Cap`] tells the caller that happened, because
+/// HTTP/2 only reports it to the upstream as a reset stream.
+pub fn request_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+    long_running: bool,
+) -> Result<(Body, Cap), GatewayError> {
+    use http_body::Body as _;
+    if long_running {
+        return Ok((body, Cap::default()));
+    }
+    if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or(GatewayError::BadRequest("invalid Content-Length"))?;
+        // hyper holds the client to the declared length, on HTTP/1.1 and HTTP/2.
+        return if length > limit {
+            Err(GatewayError::PayloadTooLarge { limit })
+        } else {
+            Ok((body, Cap::default()))
+        };
+    }
+    if body.is_end_stream() {
+        return Ok((body, Cap::default()));
+    }
+    let hit = Arc::new(AtomicBool::new(false));
+    let capped = CappedBody {
+        inner: body,
+        seen: 0,
+        limit,
+        hit: hit.clone(),
+    };
+    Ok((Body::new(capped), Cap(Some(hit))))
+}
+
+/// The request body exceeded the cap.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body exceeds the {0}-byte limit")]
+pub struct TooLarge(u64);
+
+struct CappedBody {
+    inner: Body,
+    seen: u64,
+    limit: u64,
+    hit: Arc<AtomicBool>,
+}
+
+impl http_body::Body for CappedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            self.seen = self.seen.saturating_add(data.len() as u64);
+            if self.seen > self.limit {
+                self.hit.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(TooLarge(self.limit).into())));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use futures_util::StreamExt as _;
+    use http_body_util::{BodyExt as _, StreamBody};
+
+    use super::*;
+
+    type Frames = futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, BoxError>>;
+
+    /// A body that yields `chunks` and then never ends.
+    fn hanging(chunks: &[&'static str]) -> StreamBody<Frames> {
+        let chunks: Vec<_> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        StreamBody::new(
+            futures_util::stream::iter(chunks)
+                .chain(futures_util::stream::pending())
+                .boxed(),
+        )
+    }
+
+    fn long_running(idle: u64) -> Bounds {
+        Bounds {
+            idle: Duration::from_secs(idle),
+            deadline: None,
+            end_cleanly: true,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_long_running_stream_ends_cleanly() {
+        let mut body = ResponseBody::new(hanging(&["a", "b"]), long_running(60), Held::default());
+        let started = Instant::now();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
+        );
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "b"
+        );
+        assert!(body.frame().await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert!(http_body::Body::is_end_stream(&body));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_ordinary_response_is_an_error() {
+        let mut body = ResponseBody::new(
+            hanging(&["a"]),
+            Bounds::ordinary(Duration::from_secs(30)),
+            Held::default(),
+        );
+        body.frame().await.unwrap().unwrap();
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.is::<StreamError>(), "{error}");
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_is_not_idle() {
+        let mut body = ResponseBody::new(hanging(&["a", "b"]), long_running(10), Held::default());
+        body.frame().await.unwrap().unwrap();
+        // The client takes far longer than the idle timeout to ask for the next frame,
+        // which the upstream had ready all along.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "b"
+        );
+        // The idle clock starts when the client asks, not when the last frame went out.
+        let asked = Instant::now();
+        assert!(body.frame().await.is_none());
+        assert_eq!(asked.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_a_busy_stream() {
+        let ticks = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"tick"))),
+                (),
+            ))
+        });
+        let bounds = Bounds {
+            deadline: Some(Duration::from_secs(5)),
+            ..long_running(2)
+        };
+        let body = ResponseBody::new(StreamBody::new(ticks.boxed()), bounds, Held::default());
+        let started = Instant::now();
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(collected.len(), 4 * 4, "{collected:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn timeout_seconds_is_read_like_the_api_server() {
+        assert_eq!(
+            timeout_seconds(Some("watch=true&timeoutSeconds=30")),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            timeout_seconds(Some("timeoutSeconds=%31%30&timeoutSeconds=99")),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(timeout_seconds(Some("timeoutSeconds=-1")), None);
+        assert_eq!(timeout_seconds(Some("watch=1")), None);
+        assert_eq!(timeout_seconds(None), None);
+    }
+
+    fn chunked(chunks: &[&'static str]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        Body::new(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_over_the_cap_is_cut_off_and_reported() {
+        let (body, cap) =
+            request_body(&HeaderMap::new(), chunked(&["1234", "5678"]), 6, false).unwrap();
+        let error = body.collect().await.unwrap_err();
+        assert!(error.to_string().contains("6-byte limit"), "{error}");
+        assert!(cap.exceeded());
+
+        let (body, cap) =
+            request_body(&HeaderMap::new(), chunked(&["1234", "56"]), 6, false).unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "123456");
+        assert!(!cap.exceeded());
+    }
+
+    #[test]
+    fn a_declared_length_over_the_cap_is_refused_up_front() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_LENGTH, "7".parse().unwrap());
+        let refused = request_body(&headers, Body::empty(), 6, false).unwrap_err();
+        assert!(matches!(
+            refused,
+            GatewayError::PayloadTooLarge { limit: 6 }
+        ));
+        headers.insert(http::header::CONTENT_LENGTH, "x".parse().unwrap());
+        assert!(matches!(
+            request_body(&headers, Body::empty(), 6, false),
+            Err(GatewayError::BadRequest(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn long_running_bodies_are_not_capped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_LENGTH, "8".parse().unwrap());
+        let (body, cap) = request_body(&headers, chunked(&["1234", "5678"]), 6, true).unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "12345678");
+        assert!(!cap.exceeded());
+    }
+
+    /// Records the value of every gauge in one cell (the tests use one gauge at a time).
+    struct OneGauge(Arc<AtomicU64>);
+
+    impl metrics::Recorder for OneGauge {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            assert_eq!(key.name(), OPEN_STREAMS);
+            assert!(
+                key.labels()
+                    .any(|l| l.key() == "kind" && l.value() == "watch")
+            );
+            metrics::Gauge::from_arc(self.0.clone())
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn open_streams_are_counted_until_dropped() {
+        let cell = Arc::new(AtomicU64::new(0f64.to_bits()));
+        let value = || f64::from_bits(cell.load(Ordering::SeqCst));
+        // The response body arms timers, which need a runtime.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        metrics::with_local_recorder(&OneGauge(cell.clone()), || {
+            let first = OpenStream::new(StreamKind::Watch);
+            let second = OpenStream::new(StreamKind::Watch);
+            assert_eq!(value(), 2.0);
+            drop(first);
+            assert_eq!(value(), 1.0);
+            // A body that is dropped unfinished (client gone) releases its count too.
+            let body = ResponseBody::new(
+                Body::empty(),
+                long_running(1),
+                Held {
+                    open: Some(second),
+                    lease: None,
+                },
+            );
+            drop(body);
+            assert_eq!(value(), 0.0);
+        });
+    }
+
+    #[test]
+    fn only_long_running_requests_are_streams() {
+        let path = kubegate_policy::normalize_path("/api/v1/namespaces/dev/pods").unwrap();
+        let of = |query| StreamKind::of(&kubegate_policy::resolve("GET", &path, query));
+        assert_eq!(of(Some("watch=true")), Some(StreamKind::Watch));
+        assert_eq!(of(None), None);
+        let logs = kubegate_policy::normalize_path("/api/v1/namespaces/dev/pods/a/log").unwrap();
+        let attributes = kubegate_policy::resolve("GET", &logs, Some("follow=true"));
+        assert_eq!(StreamKind::of(&attributes), Some(StreamKind::Stream));
+    }
+}
