@@ -157,6 +157,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         admission: crate::limits::Admission::new(&config.limits),
         audit,
         pending_audit: crate::record::Pending::default(),
+        shutdown: crate::record::ShutdownTrigger::new().0,
     };
     Ok(Prepared {
         gateway: Arc::new(gateway),
@@ -220,6 +221,8 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Watches and exec sessions end now rather than at the grace period's end.
+        self.gateway.shutdown.trigger();
         let result = (&mut self.task)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;

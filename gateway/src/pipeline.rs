@@ -51,6 +51,8 @@ pub struct Gateway {
     pub audit: AuditLog,
     /// Audit records of ended streams still being written.
     pub pending_audit: Pending,
+    /// Ends long-running streams when the gateway shuts down.
+    pub shutdown: record::ShutdownTrigger,
 }
 
 /// The user-facing application: every request goes through [`proxy`].
@@ -185,7 +187,10 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> R
             &gateway.pending_audit,
         );
         let (parts, body) = response.into_parts();
-        response = Response::from_parts(parts, Body::new(Guarded::new(body, completion)));
+        response = Response::from_parts(
+            parts,
+            Body::new(Guarded::new(body, completion, gateway.shutdown.signal())),
+        );
     }
     response
 }
@@ -295,6 +300,7 @@ impl Gateway {
                     parts,
                     body,
                     completion,
+                    self.shutdown.signal(),
                 )
                 .await
                 .map(|(response, returned)| {

@@ -168,18 +168,59 @@ impl Drop for Completion {
     }
 }
 
-/// A response body that keeps a [`Completion`] until the body is finished or dropped.
+/// The gateway's shutdown, as seen by long-running streams: they end cleanly when it
+/// begins instead of holding their connections until the grace period runs out.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+/// Starts a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger(tokio::sync::watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    /// A trigger and the signal it drives.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    /// Signals every stream to end.
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+
+    /// A new signal receiver.
+    pub fn signal(&self) -> Shutdown {
+        Shutdown(self.0.subscribe())
+    }
+}
+
+impl Shutdown {
+    /// Resolves once shutdown has begun (never, if its trigger is gone without firing).
+    pub async fn wait(mut self) {
+        if self.0.wait_for(|down| *down).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+type ShutdownFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A response body that keeps a [`Completion`] until the body is finished or dropped,
+/// and ends (cleanly: a watch client simply re-watches) when the gateway shuts down.
 pub struct Guarded<B> {
     inner: B,
     completion: Option<Completion>,
+    shutdown: Option<ShutdownFuture>,
 }
 
 impl<B> Guarded<B> {
     /// Wraps `inner`.
-    pub fn new(inner: B, completion: Completion) -> Self {
+    pub fn new(inner: B, completion: Completion, shutdown: Shutdown) -> Self {
         Guarded {
             inner,
             completion: Some(completion),
+            shutdown: Some(Box::pin(shutdown.wait())),
         }
     }
 }
@@ -195,6 +236,16 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(shutdown) = self.shutdown.as_mut()
+            && shutdown.as_mut().poll(cx).is_ready()
+        {
+            self.shutdown = None;
+            self.completion.take();
+            return Poll::Ready(None);
+        }
+        if self.completion.is_none() && self.shutdown.is_none() {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
             // Finished: release now rather than when hyper drops the body.
@@ -204,7 +255,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Ended for shutdown, or the inner body is done.
+        (self.completion.is_none() && self.shutdown.is_none()) || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

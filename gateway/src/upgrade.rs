@@ -166,6 +166,7 @@ pub async fn forward<K: Send + 'static>(
     mut parts: Parts,
     body: Body,
     keep: K,
+    shutdown: crate::record::Shutdown,
 ) -> Result<(Response, Option<K>), GatewayError> {
     // Bytes sent before the switch would have to reach the upstream before the spliced
     // ones; no Kubernetes client sends any, so none are accepted.
@@ -222,7 +223,15 @@ pub async fn forward<K: Send + 'static>(
             }
         };
         let started = Instant::now();
-        match splice(TokioIo::new(client), TokioIo::new(upstream), idle).await {
+        // Shutdown closes the session (both sockets) instead of waiting it out.
+        let spliced = tokio::select! {
+            spliced = splice(TokioIo::new(client), TokioIo::new(upstream), idle) => spliced,
+            () = shutdown.wait() => {
+                debug!(protocol = protocol.token(), "upgraded connection closed for shutdown");
+                return;
+            }
+        };
+        match spliced {
             Ok((up, down)) => debug!(
                 protocol = protocol.token(),
                 bytes_up = up,

@@ -153,3 +153,47 @@ async fn connections_past_the_cap_wait_for_a_free_slot() {
         "served once a slot is free: {done:?}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_watches_cleanly_and_audits_them() {
+    use http_body_util::BodyExt;
+    let gw = TestGateway::start().await;
+    let token = gw.issuer.token("alice", &["devs"]);
+    let client = https_client(&gw.pki.ca_pem, true);
+    let request = http::Request::get(format!("{}{PODS}?watch=true", gw.url()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Default::default())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = response.headers()["audit-id"].to_str().unwrap().to_string();
+    let mut body = response.into_body();
+
+    let TestGateway { running, dir, .. } = gw;
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(running.shutdown());
+    // The stream ends (no error: a watch client re-watches elsewhere) long before the
+    // 30 s grace period.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match body.frame().await {
+                None => return Ok(()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the watch ended at shutdown");
+    assert!(ended.is_ok(), "ended cleanly: {ended:?}");
+    shutdown.await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let stages: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["auditID"] == id.as_str())
+        .map(|r| r["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stages, vec!["ResponseStarted", "ResponseComplete"]);
+}
