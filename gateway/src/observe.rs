@@ -55,6 +55,7 @@ pub fn recorder() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    crate::audit::describe_metrics();
     describe_counter!(
         REQUESTS,
         "Requests answered, by status code, verb and decision."

@@ -156,3 +156,102 @@ fn policy_explain_prints_attributes_and_rule() {
     assert!(stdout.contains("namespace:   dev"), "{stdout}");
     assert!(stdout.contains("decision:    deny"), "{stdout}");
 }
+
+/// A running `kubegate serve` in front of an in-process sandbox, in a temp dir.
+struct Served {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    _sandbox: kubegate_sandbox::Sandbox,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Served {
+    fn start() -> Served {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let sandbox = rt
+            .block_on(kubegate_sandbox::Sandbox::start(
+                kubegate_sandbox::SandboxOptions::new("upstream-token"),
+            ))
+            .unwrap();
+        let dir = valid_dir();
+        let d = dir.path();
+        sandbox
+            .write_kubeconfig(&d.join("gateway.kubeconfig"))
+            .unwrap();
+        let text = std::fs::read_to_string(d.join("kubegate.toml")).unwrap();
+        let text = text
+            .replace("port = 8443", "port = 0")
+            .replace("address = \"0.0.0.0\"", "address = \"127.0.0.1\"")
+            .replace("context = \"prod\"\n", "")
+            .replace("port = 9090", "port = 0");
+        std::fs::write(d.join("kubegate.toml"), text).unwrap();
+        let mut child = kubegate()
+            .args(["serve", "--config"])
+            .arg(d.join("kubegate.toml"))
+            .env("KUBEGATE_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let served = Served {
+            child,
+            dir,
+            stderr,
+            _sandbox: sandbox,
+            _rt: rt,
+        };
+        served.wait_for("kubegate is listening");
+        served
+    }
+
+    fn wait_for(&self, text: &str) {
+        for _ in 0..300 {
+            if self.stderr.lock().unwrap().contains(text) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("no {text:?} in:\n{}", self.stderr.lock().unwrap());
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_reloads_the_policy_and_sigterm_exits_cleanly() {
+    let mut served = Served::start();
+    // The file did not change: only the signal can cause this reload.
+    served.signal("HUP");
+    served.wait_for("policy reloaded");
+    assert!(served.stderr.lock().unwrap().contains("Hangup"));
+    served.signal("TERM");
+    let status = served.child.wait().unwrap();
+    assert!(status.success(), "exit 0 on SIGTERM: {status:?}");
+    served.wait_for("shutting down");
+    // The audit trail was opened and flushed at exit.
+    assert!(served.dir.path().join("audit.log").is_file());
+}

@@ -193,3 +193,24 @@ async fn over_quota_is_429_with_retry_after_and_audited() {
     let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
     assert!(text.contains(r#""code":429"#));
 }
+
+#[tokio::test]
+async fn token_guessing_is_bounded_per_address_before_any_crypto() {
+    let gw = TestGateway::start_with(GatewayOptions {
+        limits_toml: Some("unauthenticated_per_second = 1\nunauthenticated_burst = 3".into()),
+        ..GatewayOptions::default()
+    })
+    .await;
+    let alice = gw.issuer.token("alice", &["devs"]);
+    // Verified once (one unit of the address's budget), then served from the cache.
+    assert_eq!(gw.get(PODS, &alice).await.status, StatusCode::OK);
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        codes.push(gw.get(PODS, &format!("guess.{i}.x")).await.status.as_u16());
+    }
+    assert_eq!(codes, vec![401, 401, 429, 429]);
+    // A token the gateway already verified costs nothing and still works.
+    assert_eq!(gw.get(PODS, &alice).await.status, StatusCode::OK);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"kubegate_rate_limited_total{limit="address"}"#));
+}
