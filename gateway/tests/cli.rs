@@ -168,6 +168,10 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
+        Self::start_with(|t| t)
+    }
+
+    fn start_with(edit: impl Fn(String) -> String) -> Served {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let sandbox = rt
             .block_on(kubegate_sandbox::Sandbox::start(
@@ -185,11 +189,12 @@ impl Served {
             .replace("address = \"0.0.0.0\"", "address = \"127.0.0.1\"")
             .replace("context = \"prod\"\n", "")
             .replace("port = 9090", "port = 0");
-        std::fs::write(d.join("kubegate.toml"), text).unwrap();
+        std::fs::write(d.join("kubegate.toml"), edit(text)).unwrap();
         let mut child = kubegate()
             .args(["serve", "--config"])
             .arg(d.join("kubegate.toml"))
             .env("KUBEGATE_LOG", "info")
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -254,4 +259,48 @@ fn sighup_reloads_the_policy_and_sigterm_exits_cleanly() {
     served.wait_for("shutting down");
     // The audit trail was opened and flushed at exit.
     assert!(served.dir.path().join("audit.log").is_file());
+}
+
+#[test]
+fn audit_records_go_to_stdout_and_the_file_together() {
+    let mut served = Served::start_with(|t| t.replace("stdout = false", "stdout = true"));
+    // The listening line names the address: "... kubegate is listening addr=127.0.0.1:N".
+    let addr = {
+        let log = served.stderr.lock().unwrap().clone();
+        let line = log
+            .lines()
+            .find(|l| l.contains("kubegate is listening"))
+            .unwrap()
+            .to_string();
+        let start = line.find("addr=").unwrap() + 5;
+        line[start..].split_whitespace().next().unwrap().to_string()
+    };
+    // An unauthenticated request is refused, and audited all the same.
+    let out = Command::new("curl")
+        .args(["-k", "-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{addr}/version"))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    served.signal("TERM");
+    assert!(served.child.wait().unwrap().success());
+    let mut stdout = String::new();
+    use std::io::Read;
+    served
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let file = std::fs::read_to_string(served.dir.path().join("audit.log")).unwrap();
+    for (sink, text) in [("stdout", &stdout), ("file", &file)] {
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 1, "{sink}: {text}");
+        assert_eq!(records[0]["responseStatus"]["code"], 401, "{sink}");
+        assert_eq!(records[0]["requestURI"], "/version", "{sink}");
+    }
 }
