@@ -17,7 +17,8 @@
 //! Run it with `bench/streaming/run.sh` (raises `ulimit -n`, builds in release mode).
 //! Environment: `KUBEGATE_BIN` (default `target/release/kubegate`), `BENCH_BYTES` (default
 //! 1 GiB), `BENCH_WATCHES` (default 10000), `BENCH_LIMITS_TOML` (the `[limits]` table;
-//! the default raises the connection and stream caps above the watch count).
+//! the default raises the connection and stream caps above the watch count),
+//! `BENCH_PHASES` (default `stream,slow,watches,watches-mux,watches-burst`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,21 +65,38 @@ async fn main() -> anyhow::Result<()> {
     );
     bench.warm_up().await?;
 
-    println!("\n## {} MiB response, read at full speed", bytes / MIB);
-    bench.create_log_pod("big", bytes).await?;
-    for http1 in [false, true] {
-        bench.stream_once("big", bytes, http1).await?;
+    let phases = std::env::var("BENCH_PHASES")
+        .unwrap_or_else(|_| "stream,slow,watches,watches-mux,watches-burst".into());
+    let phases: Vec<&str> = phases.split(',').collect();
+    if phases.contains(&"stream") {
+        println!("\n## {} MiB response, read at full speed", bytes / MIB);
+        bench.create_log_pod("big", bytes).await?;
+        for http1 in [false, true] {
+            bench.stream_once("big", bytes, http1).await?;
+        }
     }
-
-    println!("\n## slow client");
-    bench.create_log_pod("slow", 256 * MIB).await?;
-    bench.slow_client("slow", 256 * MIB).await?;
-
-    println!("\n## {watches} idle watches");
-    bench.restart_gateway().await?;
-    bench.idle_watches(watches, 1).await?;
-    bench.restart_gateway().await?;
-    bench.idle_watches(watches, 200).await?;
+    if phases.contains(&"slow") {
+        println!("\n## slow client");
+        bench.create_log_pod("slow", 256 * MIB).await?;
+        bench.slow_client("slow", 256 * MIB).await?;
+    }
+    // Paced like clients arriving (64 watch requests in flight), then all at once: the
+    // allocator keeps what a burst needed, so a burst leaves the RSS higher.
+    for (phase, per_connection, in_flight) in [
+        ("watches", 1, 64),
+        ("watches-mux", 200, 64),
+        ("watches-burst", 200, watches),
+    ] {
+        if phases.contains(&phase) {
+            println!("\n## {watches} idle watches ({phase})");
+            if phases.len() > 1 {
+                bench.restart_gateway().await?;
+            }
+            bench
+                .idle_watches(watches, per_connection, in_flight)
+                .await?;
+        }
+    }
     Ok(())
 }
 
@@ -373,20 +391,27 @@ algorithms = ["RS256"]
 
     /// Opens `count` watches, `per_connection` on each HTTP/2 connection, waits, measures,
     /// checks they all deliver an event, and closes them.
-    async fn idle_watches(&self, count: usize, per_connection: usize) -> anyhow::Result<()> {
+    async fn idle_watches(
+        &self,
+        count: usize,
+        per_connection: usize,
+        in_flight: usize,
+    ) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = self.rss()?;
         let fds_before = self.fds()?;
         let started = Instant::now();
-        let handshakes = Arc::new(Semaphore::new(128));
+        let handshakes = Arc::new(Semaphore::new(128.min(in_flight)));
+        let in_flight_permits = Arc::new(Semaphore::new(in_flight));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..count.div_ceil(per_connection) {
             let permit = handshakes.clone().acquire_owned().await?;
             let tls = self.tls.clone();
             let addr = self.addr;
             let token = self.token.clone();
+            let in_flight = in_flight_permits.clone();
             tasks.spawn(async move {
-                let opened = open_watches(tls, addr, &token, per_connection).await;
+                let opened = open_watches(tls, addr, &token, per_connection, in_flight).await;
                 drop(permit);
                 opened
             });
@@ -449,8 +474,8 @@ algorithms = ["RS256"]
 
         let growth = after.saturating_sub(before);
         println!(
-            "{opened} watches, {per_connection} per client connection ({} connections): opened in \
-             {:.1} s; RSS before {}, with the watches open {}, growth {} = {:.1} KiB per watch; \
+            "{opened} watches, {per_connection} per client connection ({} connections), at most \
+             {in_flight} being opened at once: opened in {:.1} s; RSS before {}, with the watches open {}, growth {} = {:.1} KiB per watch; \
              gateway file descriptors {fds_before} -> {fds}; the event reached all {opened} \
              watches {:.0} ms after the create began",
             opened.div_ceil(per_connection),
@@ -487,6 +512,8 @@ async fn spawn_gateway(
         .arg("--config")
         .arg(config)
         .env("KUBEGATE_LOG", "warn")
+        // The audit trail (on by default, part of what a request costs) goes to stdout.
+        .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -513,6 +540,7 @@ async fn open_watches(
     addr: std::net::SocketAddr,
     token: &str,
     count: usize,
+    in_flight: Arc<Semaphore>,
 ) -> anyhow::Result<Watch> {
     let mut config = (*tls).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -520,29 +548,31 @@ async fn open_watches(
     let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("127.0.0.1".try_into()?, tcp)
         .await?;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut pending = Vec::with_capacity(count);
-    for _ in 0..count {
-        sender.ready().await?;
-        let request = Request::get(format!(
-            "https://{addr}/api/v1/namespaces/default/pods?watch=true&resourceVersion=0"
-        ))
-        .header("authorization", format!("Bearer {token}"))
-        .body(Empty::new())?;
-        pending.push(sender.send_request(request));
-    }
-    let mut bodies = Vec::with_capacity(count);
-    for response in futures_util::future::join_all(pending).await {
-        let response = response?;
-        ensure!(
-            response.status() == StatusCode::OK,
-            "watch: {}",
-            response.status()
-        );
-        bodies.push(response.into_body());
-    }
+    let watches = (0..count).map(|_| {
+        let mut sender = sender.clone();
+        let in_flight = in_flight.clone();
+        async move {
+            // Held until the headers arrive: bounds the watches being opened at once.
+            let _permit = in_flight.acquire_owned().await?;
+            sender.ready().await?;
+            let request = Request::get(format!(
+                "https://{addr}/api/v1/namespaces/default/pods?watch=true&resourceVersion=0"
+            ))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Empty::new())?;
+            let response = sender.send_request(request).await?;
+            ensure!(
+                response.status() == StatusCode::OK,
+                "watch: {}",
+                response.status()
+            );
+            Ok(response.into_body())
+        }
+    });
+    let bodies = futures_util::future::try_join_all(watches).await?;
     Ok((sender, bodies))
 }
 

@@ -18,7 +18,7 @@ pub const REQUEST_SECONDS: &str = "kubegate_request_duration_seconds";
 pub const GATEWAY_SECONDS: &str = "kubegate_gateway_duration_seconds";
 /// Requests being handled now.
 pub const IN_FLIGHT: &str = "kubegate_requests_in_flight";
-/// Open long-running streams, by `kind` (`watch`, `upgrade`).
+/// Open long-running streams, by `kind` (`watch`, `stream` for log follows and proxy, `upgrade`).
 pub const OPEN_STREAMS: &str = "kubegate_open_streams";
 /// Authentication failures, by `reason`.
 pub const AUTH_FAILURES: &str = "kubegate_authentication_failures_total";
