@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# kubegate side by side with kubectl proxy, nginx and a direct connection (issue #8).
+#
+#   bash bench/compare/run.sh
+#
+# One nginx TLS upstream serving API-shaped JSON from memory; five paths to it, measured in
+# alternation (A B C D E A B C D E ...) with wrk (1 thread, keep-alive):
+#   direct            wrk -> nginx upstream (TLS)
+#   kubectl-proxy     wrk -> kubectl proxy (plain http on loopback) -> upstream (TLS)
+#   nginx             wrk -> nginx TLS reverse proxy, no auth -> upstream (TLS, keepalive)
+#   kubegate          wrk -> kubegate (TLS, ES256 JWT, token cache 60s, 1,000-rule policy, audit file) -> upstream
+#   kubegate-nocache  the same with token_cache_ttl = "0s" (a signature check per request)
+# then TLS handshakes/s (Connection: close), a 1 GiB response, and 10,000 idle watches.
+# Environment: DURATION (s per cell, 4), ROUNDS (2), WARMUP (s, 2), WATCHES (10000),
+# STREAM_BYTES (1073741824), KUBEGATE_BIN (skip the build), BENCH_WORK (scratch dir, default a new mktemp -d).
+# Results: bench/compare/results/<timestamp>.md (+ .jsonl raw data).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+HERE=$ROOT/bench/compare
+DURATION=${DURATION:-4}
+ROUNDS=${ROUNDS:-2}
+WARMUP=${WARMUP:-2}
+WATCHES=${WATCHES:-10000}
+# Each watch costs the proxy two sockets (client + HTTP/1.1 upstream): stay under the limit.
+max_watches=$(( ($(ulimit -Hn) - 1000) / 2 ))
+if (( WATCHES > max_watches )); then echo "open-file hard limit $(ulimit -Hn): $max_watches watches instead of $WATCHES"; WATCHES=$max_watches; fi
+STREAM_BYTES=${STREAM_BYTES:-1073741824}
+W=${BENCH_WORK:-$(mktemp -d /tmp/kubegate-compare.XXXXXX)}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$HERE/results" "$W/data" "$W/up" "$W/px"
+chmod 755 "$W" "$W/data"  # nginx workers run as www-data
+RAW=$HERE/results/$STAMP.jsonl
+: > "$RAW"
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+echo "work dir $W, open-file limit $(ulimit -n)"
+
+P_UP=18443 P_PX=18444 P_KG=18445 P_KGN=18446 P_KP=18001 P_WATCH=18450 A_KG=19445 A_KGN=19446 P_KGW=18447 A_KGW=19447 P_KPW=18002
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
+python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install -q pyjwt cryptography
+KUBECTL=${KUBECTL:-/usr/bin/kubectl}
+# KUBEGATE_BIN=path skips the build (e.g. while another cargo command holds the build lock).
+if [[ -z ${KUBEGATE_BIN:-} ]]; then cargo build --release -p kubegate --bin kubegate; fi
+KG=${KUBEGATE_BIN:-$ROOT/target/release/kubegate}
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- certificates (ECDSA P-256)
+openssl ecparam -name prime256v1 -genkey -noout -out "$W/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$W/ca.key" -subj /CN=bench-ca -days 2 -out "$W/ca.crt" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out "$W/tls.key" 2>/dev/null
+openssl req -new -key "$W/tls.key" -subj /CN=localhost -out "$W/tls.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$W/ext.cnf"
+openssl x509 -req -in "$W/tls.csr" -CA "$W/ca.crt" -CAkey "$W/ca.key" -CAcreateserial -days 2 \
+  -extfile "$W/ext.cnf" -out "$W/tls.crt" 2>/dev/null
+
+# ---------------------------------------------------------------- data, token, policy
+python3 "$HERE/gen_data.py" "$W/data"
+truncate -s "$STREAM_BYTES" "$W/data/big.log"
+ISSUER=https://issuer.bench.example
+python3 "$HERE/mint.py" "$W" "$ISSUER" kubegate bench-user bench,team-42
+TOKEN=$(cat "$W/token")
+{
+  echo 'default = "deny"'
+  for i in $(seq 0 997); do
+    printf '[[rule]]\nname = "team-%d"\neffect = "allow"\nsubjects = { groups = ["team-%d"] }\nresources = [{ api_groups = ["", "apps"], resources = ["pods", "pods/log", "deployments"], namespaces = ["team-%d"], verbs = ["get", "list", "watch"] }]\n' "$i" "$i" "$i"
+  done
+  printf '[[rule]]\nname = "discovery"\neffect = "allow"\nsubjects = { authenticated = true }\npaths = [{ path = "/api", prefix = true, methods = ["get"] }, { path = "/version", methods = ["get"] }]\n'
+  printf '[[rule]]\nname = "bench"\neffect = "allow"\nsubjects = { groups = ["bench"] }\nresources = [{ api_groups = [""], resources = ["pods", "pods/log", "configmaps"], namespaces = ["bench"], verbs = ["get", "list", "watch"] }]\n'
+} > "$W/policy.toml"
+echo "policy rules: $(grep -c '^\[\[rule\]\]' "$W/policy.toml")"
+
+# ---------------------------------------------------------------- nginx upstream and nginx proxy
+cat > "$W/up/nginx.conf" <<NGX
+worker_processes auto;
+worker_rlimit_nofile 200000;
+pid $W/up/nginx.pid;
+error_log $W/up/error.log warn;
+events { worker_connections 60000; }
+http {
+  access_log off;
+  default_type application/json;
+  types { }
+  etag off;
+  open_file_cache max=100 inactive=600s;
+  open_file_cache_valid 600s;
+  keepalive_requests 100000000;
+  keepalive_timeout 3600s;
+  http2_max_concurrent_streams 100000;
+  client_body_temp_path $W/up/tmp; proxy_temp_path $W/up/tmp; fastcgi_temp_path $W/up/tmp; uwsgi_temp_path $W/up/tmp; scgi_temp_path $W/up/tmp;
+  server {
+    listen 127.0.0.1:$P_UP ssl http2 backlog=8192;
+    ssl_certificate $W/tls.crt;
+    ssl_certificate_key $W/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location = /api/v1/namespaces/bench/pods/small { alias $W/data/pod.json; }
+    location = /api/v1/namespaces/bench/configmaps/large { alias $W/data/configmap.json; }
+    location = /api/v1/namespaces/bench/pods { alias $W/data/podlist.json; }
+    location = /api/v1/namespaces/bench/pods/big/log { alias $W/data/big.log; }
+    location = /version { alias $W/data/version.json; }
+    location ~ ^/(readyz|livez|healthz)$ { return 200 "ok"; }
+  }
+}
+NGX
+mkdir -p "$W/up/tmp" "$W/px/tmp"
+cat > "$W/px/nginx.conf" <<NGX
+worker_processes auto;
+worker_rlimit_nofile 200000;
+pid $W/px/nginx.pid;
+error_log $W/px/error.log warn;
+events { worker_connections 60000; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 3600s;
+  client_body_temp_path $W/px/tmp; proxy_temp_path $W/px/tmp; fastcgi_temp_path $W/px/tmp; uwsgi_temp_path $W/px/tmp; scgi_temp_path $W/px/tmp;
+  upstream kube { server 127.0.0.1:$P_UP; keepalive 256; keepalive_requests 100000000; keepalive_timeout 3600s; }
+  server {
+    listen 127.0.0.1:$P_PX ssl backlog=8192;
+    ssl_certificate $W/tls.crt;
+    ssl_certificate_key $W/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass https://kube;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $W/ca.crt;
+      proxy_ssl_name localhost;
+      proxy_ssl_session_reuse on;
+      proxy_buffering off;
+      proxy_buffer_size 64k;
+      proxy_buffers 4 64k;
+      proxy_busy_buffers_size 128k;
+      proxy_read_timeout 3600s;
+    }
+  }
+}
+NGX
+nginx -q -t -c "$W/up/nginx.conf" -p "$W/up"
+nginx -q -t -c "$W/px/nginx.conf" -p "$W/px"
+nginx -c "$W/up/nginx.conf" -p "$W/up" -g 'daemon off;' & PID_UP=$!; PIDS+=("$PID_UP")
+nginx -c "$W/px/nginx.conf" -p "$W/px" -g 'daemon off;' & PID_PX=$!; PIDS+=("$PID_PX")
+python3 "$HERE/longlived.py" server "$P_WATCH" "$W/tls.crt" "$W/tls.key" & PIDS+=("$!")
+
+# ---------------------------------------------------------------- kubeconfig, kubectl proxy, kubegate
+cat > "$W/upstream.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: bench
+  cluster:
+    server: https://127.0.0.1:$P_UP
+    certificate-authority: $W/ca.crt
+users:
+- name: gateway
+  user:
+    token: bench-upstream-token
+contexts:
+- name: bench
+  context: {cluster: bench, user: gateway}
+current-context: bench
+KC
+sed "s/:$P_UP/:$P_WATCH/" "$W/upstream.kubeconfig" > "$W/watch.kubeconfig"
+"$KUBECTL" proxy --kubeconfig="$W/upstream.kubeconfig" --address=127.0.0.1 --port=$P_KP \
+  > "$W/kubectl-proxy.log" 2>&1 & PID_KP=$!; PIDS+=("$PID_KP")
+# The watch test has its own kubectl proxy and kubegate in front of longlived.py.
+"$KUBECTL" proxy --kubeconfig="$W/watch.kubeconfig" --address=127.0.0.1 --port=$P_KPW \
+  > "$W/kubectl-proxy-watch.log" 2>&1 & PID_KPW=$!; PIDS+=("$PID_KPW")
+
+kg_config() { # name port admin_port cache_ttl
+  cat > "$W/$1.toml" <<TOML
+policy = "policy.toml"
+[listen]
+address = "127.0.0.1"
+port = $2
+tls_cert = "tls.crt"
+tls_key = "tls.key"
+[upstream]
+kubeconfig = "upstream.kubeconfig"
+timeout = "30s"
+[[auth.oidc]]
+issuer = "$ISSUER"
+audiences = ["kubegate"]
+jwks_file = "jwks.json"
+groups_claim = "groups"
+algorithms = ["ES256"]
+[auth]
+token_cache_ttl = "$4"
+token_cache_size = 10000
+[limits]
+requests_per_second = 1000000
+burst = 1000000
+unauthenticated_per_second = 1000000
+unauthenticated_burst = 1000000
+max_in_flight = 1000000
+max_in_flight_per_user = 1000000
+max_streams = 1000000
+max_streams_per_user = 1000000
+max_connections = 1000000
+[admin]
+address = "127.0.0.1"
+port = $3
+[audit]
+file = "$1-audit.log"
+max_file_size = 104857600
+max_backups = 1
+TOML
+}
+kg_config kubegate $P_KG $A_KG 60s
+kg_config kubegate-nocache $P_KGN $A_KGN 0s
+kg_config kubegate-watch $P_KGW $A_KGW 60s
+sed -i 's/^kubeconfig = "upstream.kubeconfig"/kubeconfig = "watch.kubeconfig"/' "$W/kubegate-watch.toml"
+"$KG" serve --config "$W/kubegate.toml" > "$W/kubegate.log" 2>&1 & PID_KG=$!; PIDS+=("$PID_KG")
+"$KG" serve --config "$W/kubegate-nocache.toml" > "$W/kubegate-nocache.log" 2>&1 & PID_KGN=$!; PIDS+=("$PID_KGN")
+"$KG" serve --config "$W/kubegate-watch.toml" > "$W/kubegate-watch.log" 2>&1 & PID_KGW=$!; PIDS+=("$PID_KGW")
+
+wait_http() { # url [curl args...]
+  local url=$1; shift
+  for _ in $(seq 1 200); do
+    if curl -fsS -o /dev/null "$@" "$url" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "not ready: $url" >&2; exit 1
+}
+wait_http "https://127.0.0.1:$P_UP/readyz" --cacert "$W/ca.crt"
+wait_http "https://127.0.0.1:$P_PX/readyz" --cacert "$W/ca.crt"
+wait_http "http://127.0.0.1:$P_KP/version"
+wait_http "http://127.0.0.1:$A_KG/readyz"
+wait_http "http://127.0.0.1:$A_KGN/readyz"
+wait_http "http://127.0.0.1:$A_KGW/readyz"
+wait_http "http://127.0.0.1:$P_KPW/version"
+
+declare -A URL PIDOF
+PATHS=(direct kubectl-proxy nginx kubegate kubegate-nocache)
+URL[direct]=https://127.0.0.1:$P_UP;        PIDOF[direct]=$PID_UP
+URL[kubectl-proxy]=http://127.0.0.1:$P_KP;  PIDOF[kubectl-proxy]=$PID_KP
+URL[nginx]=https://127.0.0.1:$P_PX;         PIDOF[nginx]=$PID_PX
+URL[kubegate]=https://127.0.0.1:$P_KG;      PIDOF[kubegate]=$PID_KG
+URL[kubegate-nocache]=https://127.0.0.1:$P_KGN; PIDOF[kubegate-nocache]=$PID_KGN
+declare -A OBJ
+OBJ[small]=/api/v1/namespaces/bench/pods/small
+OBJ[large]=/api/v1/namespaces/bench/configmaps/large
+OBJ[list]=/api/v1/namespaces/bench/pods
+declare -A FILE=([small]=pod.json [large]=configmap.json [list]=podlist.json)
+
+# Every path must return the upstream's exact bytes as application/json.
+for p in "${PATHS[@]}"; do
+  for o in small large list; do
+    ct=$(curl -fsS -k -H "Authorization: Bearer $TOKEN" -o "$W/check.json" -w '%{content_type}' "${URL[$p]}${OBJ[$o]}")
+    cmp -s "$W/check.json" "$W/data/${FILE[$o]}" || { echo "$p $o: body differs" >&2; exit 1; }
+    [[ $ct == application/json* ]] || { echo "$p $o: content type $ct" >&2; exit 1; }
+  done
+done
+echo "all paths serve identical bodies"
+
+# /proc helpers: the process and its direct children (nginx workers).
+procs() { echo "$1" $(cat "/proc/$1/task/$1/children" 2>/dev/null || true); }
+cpu_ticks() { local t=0 p; for p in $(procs "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+mem_kb() { local t=0 p v; for p in $(procs "$1"); do v=$(awk -v k="$2:" '$1 == k {print $2}' "/proc/$p/status"); t=$((t + v)); done; echo $t; }
+reset_hwm() { local p; for p in $(procs "$1"); do echo 5 > "/proc/$p/clear_refs" 2>/dev/null || true; done; }
+HZ=$(getconf CLK_TCK)
+
+for p in "${PATHS[@]}"; do
+  printf '{"kind":"rest","path":"%s","rss_kb":%s}\n' "$p" "$(mem_kb "${PIDOF[$p]}" VmRSS)" >> "$RAW"
+done
+
+run_wrk() { # kind path object conns duration round [extra wrk args]
+  local kind=$1 p=$2 o=$3 c=$4 d=$5 r=$6; shift 6
+  local pid=${PIDOF[$p]} c0 c1 out line
+  c0=$(cpu_ticks "$pid")
+  out=$(wrk -t1 -c"$c" -d"${d}s" --timeout 10s --latency -s "$HERE/report.lua" \
+    -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json' "$@" "${URL[$p]}${OBJ[$o]}")
+  c1=$(cpu_ticks "$pid")
+  line=$(grep '^WRKJSON' <<<"$out" | sed 's/^WRKJSON //')
+  printf '{"kind":"%s","path":"%s","object":"%s","conns":%d,"round":%d,"cpu_s":%s,"hwm_kb":%d,"rss_kb":%d,"wrk":%s}\n' \
+    "$kind" "$p" "$o" "$c" "$r" "$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{print (b-a)/hz}')" \
+    "$(mem_kb "$pid" VmHWM)" "$(mem_kb "$pid" VmRSS)" "$line" >> "$RAW"
+  echo "  $kind $p $o c=$c r=$r: $line"
+}
+
+echo "== warm-up"
+for p in "${PATHS[@]}"; do for o in small list; do run_wrk warmup "$p" "$o" 16 "$WARMUP" 0; done; done
+
+echo "== keep-alive matrix (${ROUNDS} rounds x ${DURATION}s, alternating paths)"
+for o in small list; do
+  for c in 1 16 128; do
+    for r in $(seq 1 "$ROUNDS"); do
+      for p in "${PATHS[@]}"; do run_wrk load "$p" "$o" "$c" "$DURATION" "$r"; done
+    done
+  done
+done
+for r in $(seq 1 "$ROUNDS"); do
+  for p in "${PATHS[@]}"; do run_wrk load "$p" large 16 "$DURATION" "$r"; done
+done
+
+echo "== new TLS handshakes (Connection: close, 16 connections)"
+for r in $(seq 1 "$ROUNDS"); do
+  for p in direct nginx kubegate; do run_wrk handshake "$p" small 16 "$DURATION" "$r" -H 'Connection: close'; done
+done
+
+echo "== $STREAM_BYTES-byte response"
+for p in direct kubectl-proxy nginx kubegate; do
+  pid=${PIDOF[$p]}
+  before=$(mem_kb "$pid" VmRSS); reset_hwm "$pid"
+  res=$(curl -fsS -k -H "Authorization: Bearer $TOKEN" -o /dev/null -w '%{size_download} %{time_total} %{http_version}' \
+    "${URL[$p]}/api/v1/namespaces/bench/pods/big/log")
+  read -r size secs ver <<<"$res"
+  printf '{"kind":"stream","path":"%s","bytes":%s,"seconds":%s,"http":"%s","rss_before_kb":%d,"hwm_kb":%d}\n' \
+    "$p" "$size" "$secs" "$ver" "$before" "$(mem_kb "$pid" VmHWM)" >> "$RAW"
+  echo "  $p: $size bytes in $secs s (HTTP/$ver)"
+done
+
+echo "== $WATCHES idle watches"
+declare -A WURL=([kubectl-proxy]=http://127.0.0.1:$P_KPW [kubegate]=https://127.0.0.1:$P_KGW)
+declare -A WPID=([kubectl-proxy]=$PID_KPW [kubegate]=$PID_KGW)
+for p in kubectl-proxy kubegate; do
+  res=$(python3 "$HERE/longlived.py" watches "${WURL[$p]}/api/v1/namespaces/bench/configmaps?watch=1" \
+    "$WATCHES" "${WPID[$p]}" "$TOKEN")
+  printf '{"kind":"watches","path":"%s","result":%s}\n' "$p" "$res" >> "$RAW"
+  echo "  $p: $res"
+  sleep 3
+done
+for p in "${PATHS[@]}"; do
+  printf '{"kind":"end","path":"%s","rss_kb":%s,"hwm_kb":%s}\n' "$p" "$(mem_kb "${PIDOF[$p]}" VmRSS)" "$(mem_kb "${PIDOF[$p]}" VmHWM)" >> "$RAW"
+done
+audit_lines=$(cat "$W"/kubegate-audit.log* | wc -l)
+
+# ---------------------------------------------------------------- report
+{
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")"
+  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile"
+  echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+  echo "wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
+  echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
+  echo "command: DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP WATCHES=$WATCHES bash bench/compare/run.sh"
+  echo "audit lines written by kubegate (cached variant, incl. rotated file): $audit_lines"
+} > "$W/meta.txt"
+python3 "$HERE/report.py" "$RAW" "$W/meta.txt" > "$HERE/results/$STAMP.md"
+echo "wrote bench/compare/results/$STAMP.md"
+cat "$HERE/results/$STAMP.md"
