@@ -237,7 +237,7 @@ impl Gateway {
         let decision = self
             .policy
             .snapshot()
-            .decide(&identity.subject(), attributes);
+            .decide(identity.subject(), attributes);
         let allowed = decision.allowed;
         let forwarded = forwarded_identity(&identity, &decision);
         let denial = (!allowed).then(|| forbidden_message(&identity, attributes, &decision));

@@ -125,6 +125,7 @@ mod tests {
             groups: vec![],
             extra: Default::default(),
             claims: Default::default(),
+            subject: Default::default(),
         })
     }
 

@@ -347,6 +347,7 @@ impl IssuerVerifier {
             groups,
             extra,
             claims,
+            subject: Default::default(),
         })
     }
 }

@@ -25,7 +25,7 @@ pub use jwt::{IssuerVerifier, Verified};
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Who made a request, as the cluster should see them.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct Identity {
     /// The Kubernetes username.
     pub username: String,
@@ -37,6 +37,9 @@ pub struct Identity {
     pub extra: BTreeMap<String, Vec<String>>,
     /// The verified token claims, for policy rules on claim values.
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The identity as the policy sees it, built once: a cached identity serves many
+    /// requests, and the claims need not be copied for each.
+    pub subject: std::sync::OnceLock<kubegate_policy::Subject>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -52,14 +55,14 @@ impl std::fmt::Debug for Identity {
 
 impl Identity {
     /// The identity as the policy engine sees it.
-    pub fn subject(&self) -> kubegate_policy::Subject {
-        kubegate_policy::Subject {
+    pub fn subject(&self) -> &kubegate_policy::Subject {
+        self.subject.get_or_init(|| kubegate_policy::Subject {
             user: self.username.clone(),
             groups: self.groups.clone(),
             uid: self.uid.clone(),
             extra: self.extra.clone(),
             claims: self.claims.clone(),
-        }
+        })
     }
 }
 
@@ -230,6 +233,7 @@ fn certificate_identity(cert: &crate::tls::CertIdentity) -> Result<Identity, Aut
         groups: cert.groups.clone(),
         extra: BTreeMap::new(),
         claims: serde_json::Map::new(),
+        subject: Default::default(),
     })
 }
 
@@ -303,6 +307,7 @@ mod tests {
             groups: vec![],
             extra: BTreeMap::new(),
             claims,
+            subject: Default::default(),
         };
         assert!(!format!("{id:?}").contains("example.com"));
     }
