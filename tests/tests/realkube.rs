@@ -447,6 +447,8 @@ audiences = ["{AUDIENCE}"]
 jwks_file = "jwks.json"
 groups_claim = "groups"
 algorithms = ["RS256"]
+[audit]
+file = "gateway-audit.log"
 {admin}"#,
             kubeconfig = kube.gateway_kubeconfig().display(),
         );
