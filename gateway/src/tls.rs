@@ -137,6 +137,24 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// A trust store from a PEM bundle file; an empty or unreadable bundle is an error, never
+/// an empty store that would trust nothing (or, worse, be mistaken for "no CA set").
+pub fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|_| TlsError::NoCertificate(path.display().to_string()))?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate(path.display().to_string()));
+    }
+    Ok(roots)
+}
+
 /// The listener's rustls configuration. With `client_ca`, clients may present a
 /// certificate signed by one of those CAs (one from any other CA fails the handshake);
 /// clients without one still connect and authenticate with a bearer token.
@@ -149,18 +167,7 @@ pub fn server_config(
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|_| TlsError::NoCertificate(path.display().to_string()))?;
-                roots.add(cert)?;
-            }
-            if roots.is_empty() {
-                return Err(TlsError::NoCertificate(path.display().to_string()));
-            }
+            let roots = root_store(path)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),

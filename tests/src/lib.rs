@@ -415,20 +415,30 @@ file = "audit.log"
     }
 }
 
-/// A raw TLS connector trusting `ca_pem` (for connection-level tests).
-pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+/// A trust store holding the certificates of `ca_pem`.
+pub fn roots(ca_pem: &str) -> rustls::RootCertStore {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("ca pem")).expect("add root");
     }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+    roots
+}
+
+/// A rustls client configuration on aws-lc-rs, before roots and client auth.
+fn client_config() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("tls versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+}
+
+/// A raw TLS connector trusting `ca_pem` (for connection-level tests).
+pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    let tls = client_config()
+        .with_root_certificates(roots(ca_pem))
+        .with_no_client_auth();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
 }
 
@@ -438,18 +448,9 @@ pub fn https_client(
     ca_pem: &str,
     http1_only: bool,
 ) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("ca pem")).expect("add root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("tls versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = client_config()
+        .with_root_certificates(roots(ca_pem))
+        .with_no_client_auth();
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only();
@@ -468,22 +469,14 @@ pub fn https_client_with_cert(
     key_pem: &str,
 ) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
     use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("ca pem")).expect("add root");
-    }
     let chain = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("client cert pem");
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("tls versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client auth");
+    let tls = client_config()
+        .with_root_certificates(roots(ca_pem))
+        .with_client_auth_cert(chain, key)
+        .expect("client auth");
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()

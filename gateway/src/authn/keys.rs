@@ -83,21 +83,7 @@ impl KeyFetcher {
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let builder = match &issuer.certificate_authority {
             Some(ca) => {
-                use rustls_pki_types::CertificateDer;
-                use rustls_pki_types::pem::PemObject;
-                let pem = std::fs::read(&ca.value)?;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    roots
-                        .add(cert.map_err(std::io::Error::other)?)
-                        .map_err(std::io::Error::other)?;
-                }
-                if roots.is_empty() {
-                    return Err(std::io::Error::other(format!(
-                        "{} holds no PEM certificate",
-                        ca.value.display()
-                    )));
-                }
+                let roots = crate::tls::root_store(&ca.value).map_err(std::io::Error::other)?;
                 let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                     .with_safe_default_protocol_versions()
                     .map_err(std::io::Error::other)?
