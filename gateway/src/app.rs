@@ -242,13 +242,6 @@ impl Running {
         self.pruner.abort();
         result
     }
-
-    /// Waits until the server stops by itself.
-    pub async fn wait(mut self) -> std::io::Result<()> {
-        (&mut self.task)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?
-    }
 }
 
 impl Prepared {

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -231,20 +230,20 @@ where
     }
 }
 
-/// The rate for a `NonZeroU32` pair; for tests and examples.
-pub fn rate(per_second: u32, burst: u32) -> Rate {
-    let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-    Rate {
-        per_second: nz(per_second),
-        burst: nz(burst),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
     use kubegate_config::RateOverride;
+    use std::num::NonZeroU32;
+
+    fn rate(per_second: u32, burst: u32) -> Rate {
+        let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        Rate {
+            per_second: nz(per_second),
+            burst: nz(burst),
+        }
+    }
 
     fn limits() -> Limits {
         Limits {

@@ -221,16 +221,16 @@ impl Gateway {
 
         // 2. Who is asking. Checking a credential costs crypto: each client address has a
         // budget for that, spent before any is done.
-        if self
+        let identity = match self
             .authn
-            .needs_verification(&parts.headers, conn.client_cert.is_some())
+            .authenticate_cached(&parts.headers, conn.client_cert.as_deref())
         {
-            self.admission.check_unauthenticated(peer)?;
-        }
-        let identity = self
-            .authn
-            .authenticate(&parts.headers, conn.client_cert.as_deref())
-            .await?;
+            Some(cached) => cached?,
+            None => {
+                self.admission.check_unauthenticated(peer)?;
+                self.authn.verify_token(&parts.headers).await?
+            }
+        };
         outcome.identity = Some(identity.clone());
 
         // 3. May they?

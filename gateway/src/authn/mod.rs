@@ -160,41 +160,32 @@ impl Authenticator {
         &self.issuers
     }
 
-    /// Whether authenticating these headers would cost a signature check (or is a
-    /// request with no credential at all): what the per-address limit charges for. A
-    /// request carried by a verified client certificate costs nothing here.
-    pub fn needs_verification(&self, headers: &HeaderMap, has_client_cert: bool) -> bool {
-        let Ok(token) = bearer_token(headers) else {
-            // No usable token: free only when a verified certificate carries the request.
-            return !has_client_cert || headers.contains_key(AUTHORIZATION);
-        };
-        !self.cache.enabled()
-            || self
-                .cache
-                .get(&cache::digest_of(token), |i| self.issuers[i].generation())
-                .is_none()
-    }
-
-    /// Authenticates a request: by its bearer token when it sends an `Authorization`
-    /// header (a bad token is refused even if a certificate was presented: the client
-    /// asked to be judged by it), otherwise by the verified client certificate.
-    pub async fn authenticate(
+    /// The identity when it costs no cryptography: a verified client certificate (when no
+    /// `Authorization` header was sent), or a token whose verdict is cached. `None` means
+    /// the token must be verified, or there is no usable credential: the per-address
+    /// budget pays for that before [`Authenticator::verify_token`] runs.
+    pub fn authenticate_cached(
         &self,
         headers: &HeaderMap,
         client_cert: Option<&crate::tls::CertIdentity>,
-    ) -> Result<Arc<Identity>, AuthError> {
+    ) -> Option<Result<Arc<Identity>, AuthError>> {
         if !headers.contains_key(AUTHORIZATION)
             && let Some(cert) = client_cert
         {
-            return certificate_identity(cert).map(Arc::new);
+            return Some(certificate_identity(cert).map(Arc::new));
         }
+        if !self.cache.enabled() {
+            return None;
+        }
+        let token = bearer_token(headers).ok()?;
+        self.cache
+            .get(&cache::digest_of(token), |i| self.issuers[i].generation())
+            .map(Ok)
+    }
+
+    /// Verifies the bearer token (signature, claims, mapping) and caches the verdict.
+    pub async fn verify_token(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthError> {
         let token = bearer_token(headers)?;
-        let digest = self.cache.enabled().then(|| cache::digest_of(token));
-        if let Some(digest) = &digest
-            && let Some(identity) = self.cache.get(digest, |i| self.issuers[i].generation())
-        {
-            return Ok(identity);
-        }
         let issuer = jwt::unverified_issuer(token)?;
         let (index, verifier) = self
             .issuers
@@ -206,9 +197,9 @@ impl Authenticator {
         let generation = verifier.generation();
         let verified = verifier.verify(token).await?;
         let identity = Arc::new(verified.identity);
-        if let Some(digest) = digest {
+        if self.cache.enabled() {
             self.cache.insert(
-                digest,
+                cache::digest_of(token),
                 identity.clone(),
                 verified.expires_at,
                 index,
@@ -216,6 +207,20 @@ impl Authenticator {
             );
         }
         Ok(identity)
+    }
+
+    /// Authenticates a request: by its bearer token when it sends an `Authorization`
+    /// header (a bad token is refused even if a certificate was presented: the client
+    /// asked to be judged by it), otherwise by the verified client certificate.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client_cert: Option<&crate::tls::CertIdentity>,
+    ) -> Result<Arc<Identity>, AuthError> {
+        match self.authenticate_cached(headers, client_cert) {
+            Some(result) => result,
+            None => self.verify_token(headers).await,
+        }
     }
 }
 
