@@ -4,13 +4,17 @@
 //! A reload reads and validates everything first; only a value that validates replaces
 //! the running one. A bad file is logged with its location and counted, and the running
 //! value stays in force. Files are watched through their directories, so a save by rename
-//! (editors, Kubernetes secret volumes) is seen too.
+//! (editors) or a Kubernetes volume's `..data` swap is seen too. The kernel reports only
+//! finished writes, creations, renames and removals: a log or audit file written next to
+//! the policy must not wake the watcher on every line.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use notify::event::EventKindMask;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,6 +26,20 @@ use crate::tls::{CertStore, load_certified_key};
 /// Editors save in several steps (truncate, write, rename); wait this long after the first
 /// event so one save is one reload, of the finished file.
 const SETTLE: Duration = Duration::from_millis(150);
+
+/// Kubernetes ConfigMap and Secret volumes publish a new version by renaming this symlink;
+/// the files the gateway names are links through it and never see an event themselves.
+const KUBERNETES_DATA_LINK: &str = "..data";
+
+/// What the watcher asks the kernel for: a file closed after writing (in-place saves), created,
+/// renamed (saves by rename, volume swaps; notify reports renames as name changes) or removed.
+/// Not every `write`.
+fn watched_events() -> EventKindMask {
+    EventKindMask::CREATE
+        | EventKindMask::REMOVE
+        | EventKindMask::MODIFY_NAME
+        | EventKindMask::ACCESS_CLOSE
+}
 
 /// Why a reload was triggered, for the log.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +53,9 @@ enum Trigger {
 struct Reloader {
     _watcher: notify::RecommendedWatcher,
     task: JoinHandle<()>,
+    /// File-system events the watcher delivered, ours or not (for tests).
+    #[cfg_attr(not(test), expect(dead_code))]
+    events: Arc<AtomicU64>,
 }
 
 impl Drop for Reloader {
@@ -64,13 +85,14 @@ impl Reloader {
                 names.push(name.to_os_string());
             }
         }
+        names.push(OsString::from(KUBERNETES_DATA_LINK));
         let file_tx = tx.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let events = Arc::new(AtomicU64::new(0));
+        let seen = events.clone();
+        let mut watcher = notify::RecommendedWatcher::new(
+            move |event: notify::Result<notify::Event>| {
+                seen.fetch_add(1, Ordering::Relaxed);
                 let Ok(event) = event else { return };
-                if event.kind.is_access() {
-                    return;
-                }
                 let ours = event
                     .paths
                     .iter()
@@ -79,7 +101,9 @@ impl Reloader {
                     // A full channel already holds a pending reload: nothing is lost.
                     let _ = file_tx.try_send(Trigger::FileChanged);
                 }
-            })?;
+            },
+            notify::Config::default().with_event_kinds(watched_events()),
+        )?;
         for dir in &dirs {
             watcher.watch(dir, RecursiveMode::NonRecursive)?;
         }
@@ -109,6 +133,7 @@ impl Reloader {
         Ok(Reloader {
             _watcher: watcher,
             task,
+            events,
         })
     }
 }
@@ -169,5 +194,92 @@ impl CertReloader {
             }
         })?;
         Ok(CertReloader(reloader))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const POLICY: &str = "default = \"deny\"\n";
+    const WIDER: &str = "default = \"deny\"\n[[rule]]\nname = \"all\"\neffect = \"allow\"\nsubjects = { authenticated = true }\npaths = [{ path = \"/version\" }]\n";
+
+    fn store(path: &Path) -> Arc<PolicyStore> {
+        let (policy, _) = crate::authz::load_policy(path).unwrap();
+        Arc::new(PolicyStore::new(path.to_path_buf(), policy))
+    }
+
+    /// A policy file in a new directory, watched.
+    fn watched() -> (tempfile::TempDir, PathBuf, Arc<PolicyStore>, PolicyReloader) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, POLICY).unwrap();
+        let store = store(&path);
+        let reloader = PolicyReloader::start(store.clone(), false).unwrap();
+        (dir, path, store, reloader)
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..400 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn writes_to_other_files_in_the_directory_do_not_reach_the_watcher() {
+        let (dir, path, store, reloader) = watched();
+        // An audit log or a log file next to the policy, written line by line.
+        let mut log = std::fs::File::create(dir.path().join("audit.log")).unwrap();
+        let baseline = reloader.0.events.load(Ordering::Relaxed);
+        for i in 0..1_000 {
+            writeln!(log, "record {i}").unwrap();
+        }
+        log.sync_all().unwrap();
+        tokio::time::sleep(SETTLE * 2).await;
+        assert_eq!(reloader.0.events.load(Ordering::Relaxed), baseline);
+        assert_eq!(store.reloads(), 0);
+
+        // A save of the policy itself is still seen.
+        std::fs::write(&path, WIDER).unwrap();
+        eventually("the reload", || store.reloads() == 1).await;
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_kubernetes_volume_swap_is_a_reload() {
+        use std::os::unix::fs::symlink;
+        // A ConfigMap volume: policy.toml -> ..data/policy.toml, ..data -> ..v1; an update
+        // writes ..v2, points ..data_tmp at it and renames ..data_tmp over ..data.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("..v1")).unwrap();
+        std::fs::write(d.join("..v1/policy.toml"), POLICY).unwrap();
+        symlink("..v1", d.join("..data")).unwrap();
+        symlink("..data/policy.toml", d.join("policy.toml")).unwrap();
+        let store = store(&d.join("policy.toml"));
+        let _reloader = PolicyReloader::start(store.clone(), false).unwrap();
+
+        std::fs::create_dir(d.join("..v2")).unwrap();
+        std::fs::write(d.join("..v2/policy.toml"), WIDER).unwrap();
+        symlink("..v2", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        eventually("the reload", || store.reloads() == 1).await;
+        assert_eq!(store.snapshot().rule_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_save_by_rename_is_a_reload() {
+        // What most editors do: write a temporary file, rename it over the original.
+        let (dir, path, store, _reloader) = watched();
+        let temporary = dir.path().join(".policy.toml.swp");
+        std::fs::write(&temporary, WIDER).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+        eventually("the reload", || store.reloads() == 1).await;
+        assert_eq!(store.snapshot().rule_count(), 1);
     }
 }
