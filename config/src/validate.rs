@@ -23,7 +23,12 @@ pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| map.toml_error(&e))?;
     let v = Validator {
         map: &map,
-        base: file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        // `Path::new("kubegate.toml").parent()` is `Some("")`, not the current directory.
+        base: file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
     };
     Ok(Config {
         file: file.to_path_buf(),

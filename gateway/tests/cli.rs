@@ -58,6 +58,24 @@ fn the_shipped_example_configuration_checks_clean() {
     assert!(stdout.contains(": ok ("), "{stdout}");
 }
 
+#[test]
+fn a_bare_config_file_name_resolves_against_the_current_directory() {
+    // `--config kubegate.toml` run from the configuration's directory: every relative path,
+    // the audit file's directory (`file = "audit.log"` in the example) included, is that
+    // directory.
+    let dir = valid_dir();
+    let out = kubegate()
+        .current_dir(dir.path())
+        .args(["check-config", "kubegate.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn check_fails_with(edit: impl Fn(&str) -> String, expected: &[&str]) {
     let dir = valid_dir();
     let path = dir.path().join("kubegate.toml");
