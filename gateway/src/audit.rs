@@ -3,7 +3,9 @@
 //!
 //! [`AuditLog::record`] serializes an [`Event`] on the caller and hands the line to a
 //! bounded queue; one writer task drains the queue in batches and writes them to stdout,
-//! a size-rotated file, or both. Records are never dropped to keep up: a full queue makes
+//! a size-rotated file, or both. The writer lets records gather for [`LINGER`] after the
+//! first one, so a busy gateway writes (and hops to the blocking pool) a few hundred times
+//! a second rather than once per request. Records are never dropped to keep up: a full queue makes
 //! `record` wait (backpressure), and every record that does not make it to its sinks is
 //! logged with tracing and counted in [`RECORDS_LOST`] — never silently. Log messages name
 //! the audit ID at most, never a record's contents.
@@ -51,6 +53,8 @@ pub fn describe_metrics() {
 
 /// Records per write: the writer drains at most this many queued records into one buffer.
 const BATCH: usize = 256;
+/// How long the writer lets records gather after the first one before writing them.
+const LINGER: Duration = Duration::from_millis(2);
 /// Retries after a failed write before the records in hand are counted as lost.
 const RETRIES: u32 = 5;
 
@@ -633,6 +637,18 @@ impl Writer {
             // and drained.
             if self.rx.recv_many(&mut msgs, BATCH).await == 0 {
                 break;
+            }
+            if msgs.len() < BATCH && !msgs.iter().any(|m| matches!(m, Msg::Close)) {
+                // Let a busy gateway's records gather: one write (and one hop to the
+                // blocking pool) per few milliseconds instead of per request. Senders do
+                // not wake a writer that is not waiting on the queue.
+                tokio::time::sleep(LINGER).await;
+                while msgs.len() < BATCH {
+                    match self.rx.try_recv() {
+                        Ok(m) => msgs.push(m),
+                        Err(_) => break,
+                    }
+                }
             }
             let mut batch = Batch::default();
             for msg in msgs.drain(..) {
