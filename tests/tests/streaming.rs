@@ -151,8 +151,16 @@ async fn kubectl_get_watch_sees_a_pod_created_after_it_started() {
         .find(|r| r.path_and_query.contains("watch=true"))
         .unwrap();
     assert_eq!(watched.impersonate_user(), Some("alice"));
-    // kubectl speaks HTTP/2 to the gateway, and so does the gateway to the sandbox.
+    // kubectl speaks HTTP/2 to the gateway; the gateway multiplexes watches over HTTP/2
+    // upstream and sends ordinary requests (kubectl's initial list) over its HTTP/1.1 pool.
     assert_eq!(watched.http_version, "HTTP/2.0");
+    let listed = gw
+        .sandbox
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query.contains("/pods") && !r.path_and_query.contains("watch"))
+        .unwrap();
+    assert_eq!(listed.http_version, "HTTP/1.1");
 }
 
 #[tokio::test]
