@@ -4,7 +4,7 @@
 //! ([`tls`], [`server`]), authentication of bearer tokens ([`authn`]), authorization against
 //! the policy ([`authz`], with the pure engine in `kubegate-policy`), header hygiene and
 //! impersonation ([`forward`]), the upstream connection ([`upstream`]), the one place errors
-//! become responses ([`error`]), start-up ([`app`]) and the zero-setup `dev` mode ([`dev`]).
+//! become responses ([`error`]), log output ([`logwriter`]), start-up ([`app`]) and the zero-setup `dev` mode ([`dev`]).
 //! [`pipeline`] strings the phases together in order; `docs/architecture.md` draws it.
 
 pub mod admin;
@@ -16,6 +16,7 @@ pub mod dev;
 pub mod error;
 pub mod forward;
 pub mod limits;
+pub mod logwriter;
 pub mod observe;
 pub mod pipeline;
 pub mod record;

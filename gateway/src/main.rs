@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kubegate::app;
 use kubegate::dev::{self, DevOptions};
+use kubegate::logwriter::{LingeringStderr, LogFlusher};
 use kubegate_policy::{Policy, RequestAttributes, Subject, normalize_path, resolve};
 
 #[derive(Parser)]
@@ -100,7 +101,13 @@ struct PolicySource {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let logs = match init_logging(cli.log_format) {
+        Ok(logs) => logs,
+        Err(e) => {
+            eprintln!("kubegate: cannot start logging: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,7 +118,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let result = runtime.block_on(run(cli.command));
+    // Buffered log lines first, so a final error is the last thing printed.
+    logs.flush();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kubegate: {e:#}");
@@ -270,17 +280,21 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through [`LingeringStderr`]; the returned flusher writes out what is
+/// still buffered when the process is about to exit.
+fn init_logging(format: LogFormat) -> std::io::Result<LogFlusher> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KUBEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
+    let (writer, flusher) = LingeringStderr::start()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour codes only for a person at a terminal, never into a log file.
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(flusher)
 }
