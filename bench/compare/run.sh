@@ -12,7 +12,8 @@
 #   kubegate-nocache  the same with token_cache_ttl = "0s" (a signature check per request)
 # then TLS handshakes/s (Connection: close), a 1 GiB response, and 10,000 idle watches.
 # Environment: DURATION (s per cell, 4), ROUNDS (2), WARMUP (s, 2), WATCHES (10000),
-# STREAM_BYTES (1073741824), KUBEGATE_BIN (skip the build), BENCH_WORK (scratch dir, default a new mktemp -d).
+# STREAM_BYTES (1073741824), KUBEGATE_BIN (skip the build), BENCH_WORK (scratch dir, default a new mktemp -d),
+# SETUP_ONLY=1 (start every path, print the URLs and wait: for profiling by hand).
 # Results: bench/compare/results/<timestamp>.md (+ .jsonl raw data).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -266,6 +267,12 @@ for p in "${PATHS[@]}"; do
   done
 done
 echo "all paths serve identical bodies"
+if [[ -n ${SETUP_ONLY:-} ]]; then
+  # Leave everything running for profiling by hand; Ctrl-C (or killing this script) stops it.
+  for p in "${PATHS[@]}"; do echo "$p ${URL[$p]} pid ${PIDOF[$p]}"; done
+  echo "token: $W/token"
+  wait
+fi
 
 # /proc helpers: the process and its direct children (nginx workers).
 procs() { echo "$1" $(cat "/proc/$1/task/$1/children" 2>/dev/null || true); }
