@@ -32,6 +32,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$HERE/results" "$W/data" "$W/up" "$W/px"
 chmod 755 "$W" "$W/data"  # nginx workers run as www-data
 RAW=$HERE/results/$STAMP.jsonl
+[[ -n ${SETUP_ONLY:-} ]] && RAW=$W/raw.jsonl
 : > "$RAW"
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "work dir $W, open-file limit $(ulimit -n)"
