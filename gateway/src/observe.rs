@@ -50,8 +50,29 @@ pub fn recorder() -> &'static PrometheusHandle {
         // Err: a recorder is already installed (an embedding process chose its own).
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        start_upkeep(handle.clone(), UPKEEP_INTERVAL);
         handle
     })
+}
+
+/// How often histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The exporter keeps every histogram sample until something folds them into buckets: a
+/// scrape does, but nothing else. Without this, a gateway nobody scrapes would hold two
+/// samples per request forever (tens of MB an hour at a few thousand requests a second).
+fn start_upkeep(handle: PrometheusHandle, interval: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("kubegate-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start metrics upkeep; histograms are folded only when scraped");
+    }
 }
 
 fn describe() {
