@@ -2,16 +2,52 @@
 """Idle watches for the comparison benchmark.
 
   longlived.py server PORT CERT KEY
-      HTTPS/1.1 server on 127.0.0.1:PORT, the upstream of the watch test: /readyz, /livez,
-      /healthz and /version get a small 200; every other request gets 200 with
-      chunked-encoding headers and is then held open with no body (an idle watch) until
-      the client goes away.
+      HTTPS server on 127.0.0.1:PORT, the upstream of the watch test, speaking HTTP/2 when
+      the client offers it (as the API server does; up to 1,000 streams per connection,
+      its default) and HTTP/1.1 otherwise: /readyz, /livez, /healthz and /version get a
+      small 200; every other request gets 200 headers and is then held open with no body
+      (an idle watch) until the client goes away.
   longlived.py watches URL N PID [TOKEN]
       opens N concurrent watches on URL (one connection each; https is not verified,
       plain http for kubectl proxy), waits until every one got its 200 headers, prints one
       JSON line with the RSS of PID (and its children) before and after, then closes them.
 """
 import asyncio, json, os, ssl, sys, time, urllib.parse
+
+import h2.config, h2.connection, h2.events, h2.exceptions, h2.settings
+
+SMALL = (b"/readyz", b"/livez", b"/healthz", b"/version")
+
+def small_body(path):
+    return b'{"major":"1","minor":"32"}' if path == b"/version" else b"ok"
+
+async def serve_h2(reader, writer):
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.local_settings = h2.settings.Settings(client=False, initial_values={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    await writer.drain()
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                headers = dict(event.headers)
+                path = headers.get(b":path", b"/").split(b"?")[0]
+                if path in SMALL:
+                    body = small_body(path)
+                    conn.send_headers(event.stream_id, [(":status", "200"),
+                        ("content-type", "application/json"), ("content-length", str(len(body)))])
+                    conn.send_data(event.stream_id, body, end_stream=True)
+                else:
+                    conn.send_headers(event.stream_id, [(":status", "200"),
+                        ("content-type", "application/json")])
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                return
+        writer.write(conn.data_to_send())
+        await writer.drain()
 
 def rss_kb(pid):
     total = 0
@@ -31,14 +67,17 @@ def rss_kb(pid):
 async def serve(port, cert, key):
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
     async def handle(reader, writer):
         try:
+            if writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2":
+                await serve_h2(reader, writer)
+                return
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 path = head.split(b" ", 2)[1]
-                if path.split(b"?")[0] in (b"/readyz", b"/livez", b"/healthz", b"/version"):
-                    body = b'{"major":"1","minor":"32"}' if path == b"/version" else b"ok"
+                if path.split(b"?")[0] in SMALL:
+                    body = small_body(path)
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                     await writer.drain()
@@ -48,7 +87,7 @@ async def serve(port, cert, key):
                 await writer.drain()
                 await reader.read()  # hold until the client closes
                 break
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, h2.exceptions.ProtocolError):
             pass
         finally:
             writer.close()

@@ -47,7 +47,7 @@ command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
 fi
-python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install -q pyjwt cryptography
+python3 -c 'import jwt, cryptography, h2' 2>/dev/null || python3 -m pip install -q pyjwt cryptography h2
 KUBECTL=${KUBECTL:-/usr/bin/kubectl}
 # KUBEGATE_BIN=path skips the build (e.g. while another cargo command holds the build lock).
 if [[ -z ${KUBEGATE_BIN:-} ]]; then cargo build --release -p kubegate --bin kubegate; fi
