@@ -245,6 +245,12 @@ impl Running {
 }
 
 impl Prepared {
+    /// Serve connections on `n` connection threads, or on the calling runtime with 0 (for
+    /// tests that pause that runtime's clock). One per core by default.
+    pub fn set_connection_threads(&mut self, n: usize) {
+        self.options.connection_threads = n;
+    }
+
     /// The user-facing application.
     pub fn router(&self) -> Router {
         router(self.gateway.clone())

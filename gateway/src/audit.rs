@@ -382,6 +382,9 @@ pub struct AuditLog {
 
 struct Inner {
     tx: mpsc::Sender<Msg>,
+    /// The runtime the writer runs on, for records queued from code that has none of its
+    /// own (or whose runtime is stopping).
+    runtime: tokio::runtime::Handle,
     /// Set by the first `close`: later `record`s fail (loudly) instead of queueing.
     closing: AtomicBool,
     counts: Arc<Counts>,
@@ -476,6 +479,7 @@ impl AuditLog {
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx,
+                runtime,
                 closing: AtomicBool::new(false),
                 counts,
                 done: done_rx,
@@ -510,6 +514,17 @@ impl AuditLog {
             Ok(()) => pending.queued = true,
             Err(_) => pending.reason = CLOSED,
         }
+    }
+
+    /// Records `event` from a task on the runtime the log was started on, then calls
+    /// `then`. For code that cannot wait (a `Drop`), possibly on a connection thread whose
+    /// runtime stops at shutdown: the record does not depend on that runtime living on.
+    pub fn record_detached(&self, event: Event, then: impl FnOnce() + Send + 'static) {
+        let log = self.clone();
+        self.inner.runtime.spawn(async move {
+            log.record(&event).await;
+            then();
+        });
     }
 
     /// Stops every clone from accepting records, writes everything already queued, flushes

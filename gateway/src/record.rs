@@ -152,18 +152,9 @@ impl Drop for Completion {
             event.stage = Stage::ResponseComplete;
             event.stage_time = SystemTime::now();
             // Drop cannot wait; the pending count lets shutdown wait instead.
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(async move {
-                        log.record(&event).await;
-                        pending.0.fetch_sub(1, Ordering::AcqRel);
-                    });
-                }
-                Err(_) => {
-                    pending.0.fetch_sub(1, Ordering::AcqRel);
-                    tracing::error!(audit_id = %event.audit_id, "audit record lost: no runtime at stream end");
-                }
-            }
+            log.record_detached(event, move || {
+                pending.0.fetch_sub(1, Ordering::AcqRel);
+            });
         }
     }
 }

@@ -1,6 +1,14 @@
 //! Accepting connections: TCP, the TLS handshake under a deadline, then HTTP/1.1 or
 //! HTTP/2 (chosen by ALPN) with upgrades enabled, each connection on its own task.
+//!
+//! Connections run on connection threads, one single-threaded runtime per core, handed out
+//! in turn by the accept loop. A connection's tasks (the client connection, its requests,
+//! the upstream connections they use: see [`current_thread_index`]) then wake each other on
+//! one thread: on a multi-threaded runtime every request crossed threads several times,
+//! which cost more CPU than the request's own work and made the latency tail depend on two
+//! threads being scheduled at once.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +20,9 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
@@ -39,6 +48,25 @@ pub struct ServeOptions {
     /// Open client connections at most; past it the gateway stops accepting (new
     /// clients wait in the kernel's backlog) until one closes.
     pub max_connections: usize,
+    /// Connection threads; 0 serves connections on the calling runtime instead (tests
+    /// that pause its clock need that).
+    pub connection_threads: usize,
+}
+
+/// One connection thread per core.
+pub fn default_connection_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+thread_local! {
+    static THREAD_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the connection thread running the caller, if it runs on one: the upstream
+/// keeps a connection pool per thread, so a request uses connections whose tasks live on
+/// its own thread.
+pub fn current_thread_index() -> Option<usize> {
+    THREAD_INDEX.with(Cell::get)
 }
 
 impl Default for ServeOptions {
@@ -48,6 +76,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(30),
             grace_period: Duration::from_secs(30),
             max_connections: 8192,
+            connection_threads: default_connection_threads(),
         }
     }
 }
@@ -55,6 +84,71 @@ impl Default for ServeOptions {
 /// HTTP/2 streams one client connection may have open at once: enough for kubectl's
 /// parallel discovery, small enough that one connection cannot hog the gateway.
 const MAX_CONCURRENT_STREAMS: u32 = 250;
+
+/// What every connection needs, shared by all connection threads.
+struct Connections {
+    acceptor: TlsAcceptor,
+    app: Router,
+    builder: auto::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+}
+
+/// An accepted TCP connection on its way to a connection thread.
+struct Accepted {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    /// The connection-cap slot, held for the connection's life.
+    slot: OwnedSemaphorePermit,
+    watcher: Watcher,
+}
+
+/// A connection thread: its intake, its stop signal and its handle.
+struct ConnectionThread {
+    intake: mpsc::UnboundedSender<Accepted>,
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ConnectionThread {
+    fn start(index: usize, connections: Arc<Connections>) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (intake, mut accepted) = mpsc::unbounded_channel::<Accepted>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("kubegate-conn-{index}"))
+            .spawn(move || {
+                THREAD_INDEX.with(|i| i.set(Some(index)));
+                runtime.block_on(async move {
+                    while let Some(a) = accepted.recv().await {
+                        match TcpStream::from_std(a.tcp) {
+                            Ok(tcp) => {
+                                tokio::spawn(serve_connection(
+                                    connections.clone(),
+                                    tcp,
+                                    a.peer,
+                                    a.slot,
+                                    a.watcher,
+                                ));
+                            }
+                            Err(e) => {
+                                warn!(peer = %a.peer, error = %e, "cannot adopt a connection")
+                            }
+                        }
+                    }
+                    // Intake closed: serve what is open until told to stop (after the
+                    // grace period); dropping the runtime then ends whatever is left.
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(ConnectionThread {
+            intake,
+            stop,
+            thread,
+        })
+    }
+}
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting
 /// and gives open connections `grace_period` to finish.
@@ -65,7 +159,6 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -78,7 +171,16 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let connections = Arc::new(Connections {
+        acceptor: TlsAcceptor::from(tls),
+        app,
+        builder,
+        handshake_timeout: options.handshake_timeout,
+    });
+    let mut threads = (0..options.connection_threads)
+        .map(|i| ConnectionThread::start(i, connections.clone()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut next = 0;
 
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     tokio::pin!(shutdown);
@@ -103,43 +205,35 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let builder = builder.clone();
         let watcher = graceful.watcher();
-        let handshake_timeout = options.handshake_timeout;
-        tokio::spawn(async move {
-            // Held for the connection's life.
-            let _slot = slot;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            // Parsed once per connection; rustls has already verified the chain.
-            let client_cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| crate::tls::cert_identity(leaf))
-                .map(Arc::new);
-            let conn_info = ConnInfo { peer, client_cert };
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(conn_info.clone());
-                app.clone().oneshot(req.map(Body::new))
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                debug!(%peer, error = %e, "connection ended with an error");
+        if threads.is_empty() {
+            tokio::spawn(serve_connection(
+                connections.clone(),
+                tcp,
+                peer,
+                slot,
+                watcher,
+            ));
+            continue;
+        }
+        // Handed over as a std socket: it leaves this runtime's reactor for the thread's.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                warn!(%peer, error = %e, "cannot hand a connection over");
+                continue;
             }
-        });
+        };
+        let accepted = Accepted {
+            tcp,
+            peer,
+            slot,
+            watcher,
+        };
+        if threads[next].intake.send(accepted).is_err() {
+            warn!(%peer, "a connection thread has stopped; dropping the connection");
+        }
+        next = (next + 1) % threads.len();
     }
 
     drop(listener);
@@ -150,5 +244,65 @@ pub async fn serve(
     {
         warn!(grace_period = ?options.grace_period, "connections still open after the grace period");
     }
+    for t in threads.drain(..) {
+        let ConnectionThread {
+            intake,
+            stop,
+            thread,
+        } = t;
+        drop(intake);
+        let _ = stop.send(());
+        if tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_or(true, |joined| joined.is_err())
+        {
+            warn!("a connection thread ended with a panic");
+        }
+    }
     Ok(())
+}
+
+/// One client connection: the TLS handshake under its deadline, then HTTP until the client
+/// or the graceful shutdown ends it.
+async fn serve_connection(
+    connections: Arc<Connections>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    watcher: Watcher,
+) {
+    // Held for the connection's life.
+    let _slot = slot;
+    let handshake = connections.acceptor.accept(tcp);
+    let tls = match tokio::time::timeout(connections.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    // Parsed once per connection; rustls has already verified the chain.
+    let client_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::tls::cert_identity(leaf))
+        .map(Arc::new);
+    let conn_info = ConnInfo { peer, client_cert };
+    let app = connections.app.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(conn_info.clone());
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let conn = connections
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
 }

@@ -62,8 +62,10 @@ struct Inner {
     /// time on each. Measured against HTTP/2 on one connection, it costs a third less CPU
     /// per request and a quarter less latency (no stream bookkeeping, no single connection
     /// task every request funnels through), and concurrent requests spread over several
-    /// connections, so over every API server behind a load balancer, not just one.
-    client: HttpsClient,
+    /// connections, so over every API server behind a load balancer, not just one. One
+    /// pool per connection thread (`server::current_thread_index`): a connection's task
+    /// lives on the thread that opened it, and so do the requests that reuse it.
+    clients: Vec<HttpsClient>,
     /// Long-running requests multiplex over HTTP/2 (see [`StreamPool`]): thousands of idle
     /// watches on a few connections instead of one connection each.
     streams: Arc<StreamPool>,
@@ -198,7 +200,9 @@ impl Upstream {
         let tls = config.rustls_client_config()?;
         let server_name = config.tls_server_name.as_deref();
         let http1 = https_connector(tls.clone(), server_name, timeout, false)?;
-        let client = build_client(http1.clone());
+        let clients = (0..crate::server::default_connection_threads())
+            .map(|_| build_client(http1.clone()))
+            .collect();
         let streams = Arc::new(StreamPool {
             connector: https_connector(tls, server_name, timeout, true)?,
             slots: std::sync::Mutex::new(Vec::new()),
@@ -218,7 +222,7 @@ impl Upstream {
             inner: Arc::new(Inner {
                 scheme_authority: (http::uri::Scheme::HTTPS, authority),
                 base_path,
-                client,
+                clients,
                 streams,
                 upgrade_client,
                 credential,
@@ -270,7 +274,7 @@ impl Upstream {
         if let Some(auth) = self.authorization().await.map_err(|e| e.to_string())? {
             request.headers_mut().insert(AUTHORIZATION, auth);
         }
-        match tokio::time::timeout(timeout, self.inner.client.request(request)).await {
+        match tokio::time::timeout(timeout, self.client().request(request)).await {
             Ok(Ok(r)) if r.status().is_success() => Ok(()),
             Ok(Ok(r)) => Err(format!("answered {}", r.status())),
             Ok(Err(_)) => Err("unreachable".into()),
@@ -280,7 +284,14 @@ impl Upstream {
 
     /// Sends a prepared request, waiting at most the configured timeout for the headers.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
-        self.send_on(&self.inner.client, request).await
+        self.send_on(self.client(), request).await
+    }
+
+    /// The calling connection thread's pool (the first one off those threads).
+    fn client(&self) -> &HttpsClient {
+        let clients = &self.inner.clients;
+        let index = crate::server::current_thread_index().unwrap_or(0);
+        &clients[index % clients.len()]
     }
 
     /// Sends a long-running request (watch, followed logs) on a connection with room for

@@ -210,6 +210,9 @@ pub struct GatewayOptions {
     pub client_ca_pem: Option<String>,
     /// A `[limits]` table body, e.g. `stream_idle_timeout = "1s"`.
     pub limits_toml: Option<String>,
+    /// Serve connections on the test's own runtime instead of connection threads: for
+    /// tests that pause the clock, which only the test's runtime sees.
+    pub on_test_runtime: bool,
 }
 
 impl Default for GatewayOptions {
@@ -222,6 +225,7 @@ impl Default for GatewayOptions {
             oidc_toml: None,
             client_ca_pem: None,
             limits_toml: None,
+            on_test_runtime: false,
         }
     }
 }
@@ -333,7 +337,14 @@ file = "audit.log"
         };
         let config_path = write(d, "kubegate.toml", &config_text);
         let config = kubegate_config::load(&config_path).expect("config");
-        let running = kubegate::start(&config).await.expect("gateway starts");
+        let mut prepared = kubegate::app::prepare(&config)
+            .await
+            .expect("gateway prepares");
+        if options.on_test_runtime {
+            prepared.set_connection_threads(0);
+        }
+        let app = prepared.router();
+        let running = prepared.start(app).await.expect("gateway starts");
         let client = https_client(&pki.ca_pem, false);
         TestGateway {
             sandbox,

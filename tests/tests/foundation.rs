@@ -328,3 +328,19 @@ async fn mapped_uid_and_extra_are_forwarded_percent_encoded() {
         vec!["blue", "green"]
     );
 }
+
+#[tokio::test]
+async fn connections_can_be_served_on_the_callers_runtime() {
+    // Connection threads are the default; an embedding test that pauses its clock serves
+    // connections on its own runtime instead, through the same pipeline.
+    let gw = TestGateway::start_with(GatewayOptions {
+        on_test_runtime: true,
+        ..GatewayOptions::default()
+    })
+    .await;
+    let alice = gw.issuer.token("alice", &["devs"]);
+    assert_eq!(gw.get(PODS, &alice).await.status, StatusCode::OK);
+    let bob = gw.issuer.token("bob", &["guests"]);
+    assert_eq!(gw.get(PODS, &bob).await.status, StatusCode::FORBIDDEN);
+    gw.running.shutdown().await.unwrap();
+}
