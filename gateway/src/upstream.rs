@@ -63,8 +63,9 @@ struct Inner {
     /// per request and a quarter less latency (no stream bookkeeping, no single connection
     /// task every request funnels through), and concurrent requests spread over several
     /// connections, so over every API server behind a load balancer, not just one. One
-    /// pool per connection thread (`server::current_thread_index`): a connection's task
-    /// lives on the thread that opened it, and so do the requests that reuse it.
+    /// pool per connection thread (`server::current_thread_index`) plus one for callers
+    /// off those threads: a connection's task lives on the runtime that opened it, and so
+    /// do the requests that reuse it.
     clients: Vec<HttpsClient>,
     /// Long-running requests multiplex over HTTP/2 (see [`StreamPool`]): thousands of idle
     /// watches on a few connections instead of one connection each.
@@ -200,7 +201,10 @@ impl Upstream {
         let tls = config.rustls_client_config()?;
         let server_name = config.tls_server_name.as_deref();
         let http1 = https_connector(tls.clone(), server_name, timeout, false)?;
-        let clients = (0..crate::server::default_connection_threads())
+        // One pool per connection thread, and one for everything else (health probes on
+        // the main runtime): a connection whose task lives on another runtime would put
+        // a cross-thread wake-up back into every request that reused it.
+        let clients = (0..=crate::server::default_connection_threads())
             .map(|_| build_client(http1.clone()))
             .collect();
         let streams = Arc::new(StreamPool {
@@ -287,11 +291,14 @@ impl Upstream {
         self.send_on(self.client(), request).await
     }
 
-    /// The calling connection thread's pool (the first one off those threads).
+    /// The calling connection thread's pool, or the last one off those threads.
     fn client(&self) -> &HttpsClient {
         let clients = &self.inner.clients;
-        let index = crate::server::current_thread_index().unwrap_or(0);
-        &clients[index % clients.len()]
+        let (threads, other) = clients.split_at(clients.len() - 1);
+        match crate::server::current_thread_index() {
+            Some(i) if !threads.is_empty() => &threads[i % threads.len()],
+            _ => &other[0],
+        }
     }
 
     /// Sends a long-running request (watch, followed logs) on a connection with room for
