@@ -106,7 +106,7 @@ if streams:
 watches = {r["path"]: r["result"] for r in rows if r["kind"] == "watches"}
 if watches:
     p("")
-    p("### Idle watches (one HTTP/1.1 connection each, client TLS to kubegate, plain HTTP to kubectl proxy)")
+    p("### Idle watches (one HTTP/1.1 client connection each: TLS to kubegate, plain HTTP to kubectl proxy; the upstream speaks HTTP/2)")
     p("")
     p("| path | watches open | failures | RSS before | RSS with all open | per watch | time to open all |")
     p("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
