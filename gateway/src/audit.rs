@@ -1092,10 +1092,14 @@ mod tests {
     }
 
     /// A distinct event of some bulk, for the writer tests.
+    fn numbered_uri(i: usize) -> String {
+        format!("/api/v1/namespaces/dev/pods/p-{i}")
+    }
+
     fn numbered(i: usize) -> Event {
         let mut event = full_event();
         event.audit_id = AuditId::new();
-        event.request_uri = format!("/api/v1/namespaces/dev/pods/p-{i}");
+        event.request_uri = numbered_uri(i);
         event
     }
 
@@ -1399,9 +1403,7 @@ mod tests {
             all.extend(lines);
         }
         let uris: Vec<_> = all.iter().map(uri).collect();
-        let expected: Vec<_> = (0..20)
-            .map(|i| format!("/api/v1/namespaces/dev/pods/p-{i}"))
-            .collect();
+        let expected: Vec<_> = (0..20).map(numbered_uri).collect();
         assert_eq!(uris, expected);
     }
 
@@ -1425,9 +1427,7 @@ mod tests {
         for file in [backup_path(&path, 2), backup_path(&path, 1), path.clone()] {
             uris.extend(lines(&file).iter().map(|l| uri(l).to_owned()));
         }
-        let expected: Vec<_> = (4..10)
-            .map(|i| format!("/api/v1/namespaces/dev/pods/p-{i}"))
-            .collect();
+        let expected: Vec<_> = (4..10).map(numbered_uri).collect();
         assert_eq!(uris, expected);
     }
 

@@ -105,25 +105,12 @@ fn describe() {
 
 /// Verbs as metric labels: the Kubernetes verbs and HTTP methods, anything else `other`.
 pub fn verb_label(verb: &str) -> &'static str {
-    const KNOWN: [&str; 15] = [
-        "get",
-        "list",
-        "watch",
-        "create",
-        "update",
-        "patch",
-        "delete",
-        "deletecollection",
-        "post",
-        "put",
-        "head",
-        "options",
-        "proxy",
-        "connect",
-        "trace",
-    ];
-    KNOWN
+    // What else a request can resolve to: the proxy verb, and methods no path rule names.
+    const OTHER_METHODS: [&str; 3] = ["proxy", "connect", "trace"];
+    kubegate_policy::KUBERNETES_VERBS
         .iter()
+        .chain(&kubegate_policy::HTTP_METHODS)
+        .chain(&OTHER_METHODS)
         .find(|v| **v == verb)
         .copied()
         .unwrap_or("other")

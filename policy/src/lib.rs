@@ -18,6 +18,8 @@ mod subject;
 pub use cases::{CaseFailure, CaseReport, run_cases};
 pub use error::{PolicyError, PolicyWarning};
 pub use path::{CanonicalPath, MAX_PATH_LEN, MAX_SEGMENT_LEN, PathError, normalize_path};
-pub use request::{NonResourceAttributes, RequestAttributes, ResourceAttributes, resolve};
-pub use rules::{Decision, LoadedPolicy, Policy};
+pub use request::{
+    KUBERNETES_VERBS, NonResourceAttributes, RequestAttributes, ResourceAttributes, resolve,
+};
+pub use rules::{Decision, HTTP_METHODS, LoadedPolicy, Policy};
 pub use subject::{ANONYMOUS_USER, ForwardIdentity, Subject, UNAUTHENTICATED_GROUP};

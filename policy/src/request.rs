@@ -131,7 +131,8 @@ impl fmt::Display for RequestAttributes {
 /// Subresources that are really "run something" and are authorised as create.
 const CONNECT_SUBRESOURCES: [&str; 4] = ["exec", "attach", "portforward", "proxy"];
 
-const KUBE_VERBS: [&str; 8] = [
+/// The Kubernetes API verbs: what a resource request resolves to and a rule may name.
+pub const KUBERNETES_VERBS: [&str; 8] = [
     "get",
     "list",
     "watch",
@@ -141,7 +142,6 @@ const KUBE_VERBS: [&str; 8] = [
     "delete",
     "deletecollection",
 ];
-
 /// Resolves a request. `query` is the raw query string without `?`.
 pub fn resolve(method: &str, path: &CanonicalPath, query: Option<&str>) -> RequestAttributes {
     let parts = path.segments();
@@ -250,7 +250,7 @@ fn method_verb(method: &str) -> String {
         "DELETE" => "delete".to_owned(),
         other => {
             let lower = other.to_lowercase();
-            if KUBE_VERBS.contains(&lower.as_str()) || lower == "proxy" {
+            if KUBERNETES_VERBS.contains(&lower.as_str()) || lower == "proxy" {
                 String::new()
             } else {
                 lower

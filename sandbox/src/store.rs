@@ -194,7 +194,7 @@ impl Store {
         dry_run: bool,
     ) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.lock();
-        let mut object = prepare_new(res, ns, object)?;
+        let object = prepare_new(res, ns, object)?;
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -210,15 +210,7 @@ impl Store {
         if inner.objects.contains_key(&k) {
             return Err(ApiError::already_exists(res.plural(), &name));
         }
-        let rv = inner.rv + 1;
-        object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
-        let object = Arc::new(object);
-        if !dry_run {
-            inner.rv = rv;
-            inner.objects.insert(k, object.clone());
-            self.publish(&mut inner, EventType::Added, res, ns, object.clone());
-        }
-        Ok(object)
+        Ok(self.store_version(&mut inner, (res, ns), k, object, EventType::Added, dry_run))
     }
 
     /// Replaces an existing object with `change(current)`. Identity fields (name, namespace,
@@ -280,15 +272,14 @@ impl Store {
         if res == Resource::Secrets {
             fold_string_data(&mut object);
         }
-        let rv = inner.rv + 1;
-        object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
-        let object = Arc::new(object);
-        if !dry_run {
-            inner.rv = rv;
-            inner.objects.insert(k, object.clone());
-            self.publish(&mut inner, EventType::Modified, res, ns, object.clone());
-        }
-        Ok(object)
+        Ok(self.store_version(
+            &mut inner,
+            (res, ns),
+            k,
+            object,
+            EventType::Modified,
+            dry_run,
+        ))
     }
 
     /// Removes an object at once (no graceful termination or finalizers) and returns its last
@@ -369,6 +360,28 @@ impl Store {
             initial,
             live: self.events.subscribe(),
         })
+    }
+
+    /// Gives `object` the next resourceVersion and, unless `dry_run`, stores it under `k`
+    /// and tells the watchers.
+    fn store_version(
+        &self,
+        inner: &mut Inner,
+        (res, ns): (Resource, &str),
+        k: Key,
+        mut object: Value,
+        kind: EventType,
+        dry_run: bool,
+    ) -> Arc<Value> {
+        let rv = inner.rv + 1;
+        object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        let object = Arc::new(object);
+        if !dry_run {
+            inner.rv = rv;
+            inner.objects.insert(k, object.clone());
+            self.publish(inner, kind, res, ns, object.clone());
+        }
+        object
     }
 
     fn publish(

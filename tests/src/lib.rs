@@ -358,11 +358,7 @@ file = "audit.log"
 
     /// The audit records written so far (JSON lines of `audit.log`).
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("audit.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
+        audit_records_in(self.dir.path())
     }
 
     /// The gateway's base URL.
@@ -553,4 +549,22 @@ pub async fn run_kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, Str
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// The audit records in `dir/audit.log` (a gateway's test directory, also after shutdown).
+pub fn audit_records_in(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+/// The stages recorded for audit ID `id` in `dir/audit.log`, in order.
+pub fn audit_stages_in(dir: &Path, id: &str) -> Vec<String> {
+    audit_records_in(dir)
+        .iter()
+        .filter(|r| r["auditID"] == id)
+        .map(|r| r["stage"].as_str().expect("stage").to_string())
+        .collect()
 }

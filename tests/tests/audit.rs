@@ -55,11 +55,7 @@ async fn every_request_gets_exactly_one_record_and_ids_join_up() {
     let TestGateway { running, dir, .. } = gw;
     running.shutdown().await.unwrap();
     let _keep = dir;
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(gw_dir.join("audit.log"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = kubegate_tests::audit_records_in(&gw_dir);
     assert_eq!(records.len(), 400, "records written == requests made");
     let by_id: std::collections::HashMap<String, &serde_json::Value> = records
         .iter()
@@ -155,14 +151,10 @@ async fn a_watch_gets_a_started_and_a_complete_record() {
     let id = r.headers["audit-id"].to_str().unwrap().to_string();
     let TestGateway { running, dir, .. } = gw;
     running.shutdown().await.unwrap();
-    let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
-    let stages: Vec<String> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["auditID"] == id.as_str())
-        .map(|r| r["stage"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(stages, vec!["ResponseStarted", "ResponseComplete"]);
+    assert_eq!(
+        kubegate_tests::audit_stages_in(dir.path(), &id),
+        ["ResponseStarted", "ResponseComplete"]
+    );
 }
 
 #[tokio::test]

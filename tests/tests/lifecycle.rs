@@ -188,12 +188,8 @@ async fn shutdown_ends_open_watches_cleanly_and_audits_them() {
     assert!(ended.is_ok(), "ended cleanly: {ended:?}");
     shutdown.await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
-    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
-    let stages: Vec<String> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["auditID"] == id.as_str())
-        .map(|r| r["stage"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(stages, vec!["ResponseStarted", "ResponseComplete"]);
+    assert_eq!(
+        kubegate_tests::audit_stages_in(dir.path(), &id),
+        ["ResponseStarted", "ResponseComplete"]
+    );
 }

@@ -15,6 +15,7 @@ use crate::request::RequestAttributes;
 use crate::subject::Subject;
 
 pub use decide::Decision;
+pub use model::METHODS as HTTP_METHODS;
 
 /// A compiled policy. Immutable once loaded; share it behind an `Arc`.
 ///

@@ -8,19 +8,9 @@ use crate::subject::{ForwardIdentity, Subject};
 use super::template::Template;
 
 /// Kubernetes verbs a rule may name, in bit order.
-pub(crate) const VERBS: [&str; 8] = [
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-];
-
-/// HTTP methods a path rule may name, in bit order.
-pub(crate) const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
+pub(crate) use crate::request::KUBERNETES_VERBS as VERBS;
+/// HTTP methods (lower case) a path rule may name, in bit order.
+pub const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
 
 /// A set of verbs (or methods) by position in [`VERBS`] / [`METHODS`];
 /// `all` is `*`, which also covers verbs outside the list.
