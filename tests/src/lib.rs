@@ -210,6 +210,10 @@ pub struct GatewayOptions {
     pub client_ca_pem: Option<String>,
     /// A `[limits]` table body, e.g. `stream_idle_timeout = "1s"`.
     pub limits_toml: Option<String>,
+    /// Extra lines for the `[listen]` table, e.g. `idle_timeout = "1s"`.
+    pub listen_toml: Option<String>,
+    /// Extra lines for the `[audit]` table (which always has `file = "audit.log"`).
+    pub audit_toml: Option<String>,
     /// Serve connections on the test's own runtime instead of connection threads: for
     /// tests that pause the clock, which only the test's runtime sees.
     pub on_test_runtime: bool,
@@ -225,6 +229,8 @@ impl Default for GatewayOptions {
             oidc_toml: None,
             client_ca_pem: None,
             limits_toml: None,
+            listen_toml: None,
+            audit_toml: None,
             on_test_runtime: false,
         }
     }
@@ -307,6 +313,7 @@ address = "127.0.0.1"
 port = 0
 tls_cert = "tls.crt"
 tls_key = "tls.key"
+{listen_extra}
 [upstream]
 kubeconfig = "upstream.kubeconfig"
 timeout = "{timeout}ms"
@@ -315,7 +322,10 @@ timeout = "{timeout}ms"
 port = 0
 [audit]
 file = "audit.log"
+{audit_extra}
 "#,
+            listen_extra = options.listen_toml.as_deref().unwrap_or_default(),
+            audit_extra = options.audit_toml.as_deref().unwrap_or_default(),
             timeout = options.upstream_timeout.as_millis(),
             oidc = options.oidc_toml.clone().unwrap_or_else(|| format!(
                 "[[auth.oidc]]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = \"jwks.json\"\ngroups_claim = \"groups\"\nalgorithms = [\"RS256\", \"ES256\"]\n"
@@ -507,6 +517,19 @@ pub async fn collect(
         status: parts.status,
         headers: parts.headers,
         body,
+    }
+}
+
+/// Waits until `condition` holds, checking every 20 ms for at most 10 s; panics naming
+/// `what` otherwise. For effects that land in another task (an audit record, a gauge).
+pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
