@@ -256,7 +256,8 @@ pub struct Limits {
     /// port-forward) that moves no byte for this long is closed, so abandoned streams
     /// cannot pin gateway resources forever. Default 1 h.
     pub stream_idle_timeout: Duration,
-    /// Each identity's request quota. Long-running requests do not draw from it.
+    /// Each identity's request quota. Every request draws one token; a watch, log follow
+    /// or upgrade draws it when it starts.
     pub rate: Rate,
     /// Quotas for particular users or groups; the first matching user entry wins, then
     /// the first matching group entry, then `rate`.

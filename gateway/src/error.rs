@@ -18,6 +18,9 @@ pub enum GatewayError {
     /// The request target is not a canonical path (client's fault).
     #[error("invalid request path: {0}")]
     BadPath(#[from] kubegate_policy::PathError),
+    /// A query parameter the gateway acts on is out of bounds (client's fault).
+    #[error("invalid query: {0}")]
+    BadQuery(#[from] kubegate_policy::QueryError),
     /// The request is malformed in another way (client's fault).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -62,7 +65,9 @@ impl GatewayError {
     /// The HTTP status code for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadPath(_) | GatewayError::BadQuery(_) | GatewayError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,7 +81,9 @@ impl GatewayError {
     /// The Kubernetes `Status.reason` for this error.
     fn reason(&self) -> &'static str {
         match self {
-            GatewayError::BadPath(_) | GatewayError::BadRequest(_) => "BadRequest",
+            GatewayError::BadPath(_) | GatewayError::BadQuery(_) | GatewayError::BadRequest(_) => {
+                "BadRequest"
+            }
             GatewayError::Unauthenticated(_) => "Unauthorized",
             GatewayError::Forbidden { .. } => "Forbidden",
             GatewayError::PayloadTooLarge { .. } => "RequestEntityTooLarge",

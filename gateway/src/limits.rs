@@ -5,9 +5,13 @@
 //! - Per client IP, requests whose credential still needs checking (no token, or a token
 //!   not in the verified cache) draw from a separate bucket *before* any signature check
 //!   or key fetch runs, so token guessing and kid floods are bounded per source.
-//! - Concurrency is capped in total and per identity; long-running requests (watch,
-//!   exec, port-forward, log follow) are counted by their own caps and do not draw from
-//!   the request-rate bucket, so an open `kubectl get -w` never starves a user's quota.
+//! - Every request draws one token from its identity's bucket, a long-running one (watch,
+//!   exec, port-forward, log follow) when it starts: opening a watch costs the API server
+//!   a list, so watch churn is metered like listing, while a watch that stays open costs
+//!   nothing more.
+//! - Concurrency is capped in total and per identity; long-running requests are counted
+//!   by caps of their own, so open `kubectl get -w` sessions never starve a user's
+//!   request slots.
 //!
 //! The rate limiters are generic over governor's clock, so tests drive time by hand.
 
@@ -34,9 +38,9 @@ fn quota(rate: Rate) -> Quota {
 /// Which cap a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// An ordinary request: draws from the rate bucket and the in-flight caps.
+    /// An ordinary request: counted by the in-flight caps.
     Request,
-    /// A watch, log follow or upgrade: counted by the stream caps only.
+    /// A watch, log follow or upgrade: counted by the stream caps.
     Stream,
 }
 
@@ -184,22 +188,21 @@ where
             })
     }
 
-    /// Admits a request from `user` in `groups`: a rate-bucket token (ordinary requests
-    /// only) and a concurrency slot, held until the returned permit is dropped.
+    /// Admits a request from `user` in `groups`: a rate-bucket token (every request,
+    /// long-running ones when they start: a watch costs the API server a list) and a
+    /// concurrency slot of the kind's cap, held until the returned permit is dropped.
     pub fn admit(&self, user: &str, groups: &[String], kind: Kind) -> Result<Permit, GatewayError> {
+        let bucket = &self.buckets[self.bucket_for(user, groups)];
+        bucket
+            .check_key(&user.to_string())
+            .map_err(|not_until| GatewayError::TooManyRequests {
+                limit: "user",
+                message: "you are over your request quota".into(),
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })?;
         match kind {
             Kind::Stream => self.streams.acquire(user, "streams"),
-            Kind::Request => {
-                let bucket = &self.buckets[self.bucket_for(user, groups)];
-                bucket.check_key(&user.to_string()).map_err(|not_until| {
-                    GatewayError::TooManyRequests {
-                        limit: "user",
-                        message: "you are over your request quota".into(),
-                        retry_after: not_until.wait_time_from(self.clock.now()),
-                    }
-                })?;
-                self.requests.acquire(user, "requests")
-            }
+            Kind::Request => self.requests.acquire(user, "requests"),
         }
     }
 
@@ -344,6 +347,30 @@ mod tests {
         drop(a.admit("alice", &[], Kind::Request).unwrap());
         drop(s1);
         drop(a.admit("alice", &[], Kind::Stream).unwrap());
+    }
+
+    #[test]
+    fn opening_streams_draws_from_the_rate_quota() {
+        let clock = FakeRelativeClock::default();
+        let a = Admission::with_clock(
+            &Limits {
+                max_streams_per_user: 100,
+                ..limits()
+            },
+            clock.clone(),
+        );
+        // Watch churn: open and drop at once. The burst of 3 is spent, then 429.
+        for _ in 0..3 {
+            drop(a.admit("churner", &[], Kind::Stream).unwrap());
+        }
+        match a.admit("churner", &[], Kind::Stream) {
+            Err(GatewayError::TooManyRequests { limit, .. }) => assert_eq!(limit, "user"),
+            other => panic!("expected 429, got {:?}", other.err()),
+        }
+        // Streams and requests share the one quota.
+        assert!(a.admit("churner", &[], Kind::Request).is_err());
+        clock.advance(Duration::from_secs(1));
+        drop(a.admit("churner", &[], Kind::Stream).unwrap());
     }
 
     #[test]

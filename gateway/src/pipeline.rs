@@ -1,8 +1,9 @@
 //! The request pipeline, written once, top to bottom.
 //!
 //! ```text
-//! request ─ normalise path ─ resolve attributes ─ [address budget] ─ authenticate
-//!         ─ authorize ─ admit (rate, concurrency) ─ sanitise headers
+//! request ─ normalise path ─ resolve attributes ─ bound query numbers ─ [address budget]
+//!         ─ authenticate ─ admit (rate, concurrency) ─ upgrade target? ─ authorize
+//!         ─ sanitise headers
 //!         ─ add credential + Impersonate-* + Audit-ID ─ forward ─ stream back ─ audit
 //! ```
 //!
@@ -11,6 +12,7 @@
 //! authorized is the path that is forwarded, byte for byte.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +20,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
+use futures_util::FutureExt as _;
 use http::{HeaderValue, Method, Request, StatusCode, Version};
 use kubegate_config::Limits;
 use kubegate_policy::{Decision, RequestAttributes, normalize_path, resolve};
@@ -121,7 +124,8 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> R
             .map(str::to_string),
     };
     let mut outcome = Outcome::default();
-    let mut response = match gateway.handle(request, &facts, &mut outcome).await {
+    let handled = contain_panic(gateway.handle(request, &facts, &mut outcome)).await;
+    let mut response = match handled {
         Ok(response) => response,
         Err(error) => {
             match &error {
@@ -218,6 +222,8 @@ impl Gateway {
         let path = normalize_path(parts.uri.path())?;
         let attributes = resolve(parts.method.as_str(), &path, parts.uri.query());
         let attributes = outcome.attributes.insert(attributes);
+        // Numbers the gateway itself acts on are bounded before anything is done with them.
+        let timeout_seconds = kubegate_policy::timeout_seconds(parts.uri.query())?;
 
         // 2. Who is asking. Checking a credential costs crypto: each client address has a
         // budget for that, spent before any is done.
@@ -233,7 +239,31 @@ impl Gateway {
         };
         outcome.identity = Some(identity.clone());
 
-        // 3. May they?
+        // Connection upgrades (exec, attach, port-forward) take every phase like any other
+        // request. Read before sanitising, which drops `Upgrade` as hop-by-hop; only
+        // SPDY/3.1 and websocket are accepted (400 otherwise).
+        let upgrade = upgrade::requested(&mut parts)?;
+
+        // 3. Within their quota? Every request costs a token of the user's rate, before
+        // the policy is asked, so a flood of refused requests is throttled too; a
+        // long-running one also takes a stream slot instead of a request slot.
+        outcome.long_running = upgrade.is_some() || attributes.is_long_running();
+        let kind = if outcome.long_running {
+            Kind::Stream
+        } else {
+            Kind::Request
+        };
+        outcome.permit = Some(
+            self.admission
+                .admit(&identity.username, &identity.groups, kind)?,
+        );
+        // Only endpoints that switch protocols may be upgraded; asked after admission, so
+        // upgrade headers are no way around the quota either.
+        if upgrade.is_some() {
+            upgrade::check_target(&parts.method, attributes)?;
+        }
+
+        // 4. May they?
         let decision = self
             .policy
             .snapshot()
@@ -247,24 +277,7 @@ impl Gateway {
         }
         outcome.forwarded = Some(forwarded.clone());
 
-        // Connection upgrades (exec, attach, port-forward) take every phase like any other
-        // request. Read before sanitising, which drops `Upgrade` as hop-by-hop; only
-        // SPDY/3.1 and websocket are accepted (400 otherwise).
-        let upgrade = upgrade::requested(&mut parts)?;
-
-        // 3b. Within their quota? Long-running requests count against the stream caps only.
-        outcome.long_running = upgrade.is_some() || attributes.is_long_running();
-        let kind = if outcome.long_running {
-            Kind::Stream
-        } else {
-            Kind::Request
-        };
-        outcome.permit = Some(
-            self.admission
-                .admit(&identity.username, &identity.groups, kind)?,
-        );
-
-        // 4. Headers: the client's credentials and identity claims out, ours in.
+        // 5. Headers: the client's credentials and identity claims out, ours in.
         sanitize_request(&mut parts.headers);
         let credential = self.upstream.authorization().await?;
         add_gateway_headers(&mut parts.headers, credential, &forwarded, peer)?;
@@ -273,7 +286,7 @@ impl Gateway {
             parts.headers.insert("audit-id", id);
         }
 
-        // 5. Forward the exact path and query that were authorized.
+        // 6. Forward the exact path and query that were authorized.
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{}?{q}", path.as_str()),
             None => path.as_str().to_string(),
@@ -311,12 +324,43 @@ impl Gateway {
                     response
                 })
             }
-            // 6. The body capped and streamed up, the answer streamed back (stream.rs).
-            None => stream::forward(&self.upstream, &self.limits, attributes, parts, body).await,
+            // 7. The body capped and streamed up, the answer streamed back (stream.rs).
+            None => {
+                stream::forward(
+                    &self.upstream,
+                    &self.limits,
+                    attributes,
+                    timeout_seconds,
+                    parts,
+                    body,
+                )
+                .await
+            }
         };
         outcome.upstream_wait = sent.elapsed();
         response
     }
+}
+
+/// Runs a request's phases so that a panic in one of them (a bug) becomes a 500 `Status`
+/// and the request still gets its log line and audit record, instead of a dropped
+/// connection and a request the API server may have acted on without a trace.
+async fn contain_panic(
+    phases: impl Future<Output = Result<Response, GatewayError>>,
+) -> Result<Response, GatewayError> {
+    AssertUnwindSafe(phases)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            Err(GatewayError::Internal(format!(
+                "request handling panicked: {what}"
+            )))
+        })
 }
 
 /// The `ResponseComplete` record an upgraded connection writes when it closes.
@@ -383,4 +427,35 @@ fn forbidden_message(
         }
     };
     format!("{what}: {}", decision.reason())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_phase_becomes_a_500_status() {
+        let contained = contain_panic(async {
+            if true {
+                panic!("boom at phase 3");
+            }
+            Ok(Response::new(Body::empty()))
+        })
+        .await;
+        let error = contained.unwrap_err();
+        assert!(error.to_string().contains("boom at phase 3"), "{error}");
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["reason"], "InternalError");
+        // The panic's text is for the log, not the client.
+        assert_eq!(status["message"], "kubegate: internal error");
+
+        let fine = contain_panic(async { Ok(Response::new(Body::empty())) }).await;
+        assert_eq!(fine.unwrap().status(), StatusCode::OK);
+    }
 }

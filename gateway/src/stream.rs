@@ -11,7 +11,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -90,11 +90,13 @@ impl Drop for OpenStream {
 
 /// Sends an authorized, sanitised request that is not an upgrade, and streams the answer
 /// back: the request body under the cap (unless the request is long-running), the
-/// response with hop-by-hop headers removed, bounded by [`Bounds`].
+/// response with hop-by-hop headers removed, bounded by [`Bounds`]. `timeout_seconds` is
+/// the client's own, already bounded by the pipeline.
 pub async fn forward(
     upstream: &Upstream,
     limits: &Limits,
     attributes: &RequestAttributes,
+    timeout_seconds: Option<u64>,
     parts: Parts,
     body: Body,
 ) -> Result<Response, GatewayError> {
@@ -102,17 +104,14 @@ pub async fn forward(
     let bounds = match kind {
         Some(_) => Bounds {
             idle: limits.stream_idle_timeout,
-            deadline: timeout_seconds(parts.uri.query()).map(|t| t + TIMEOUT_SECONDS_GRACE),
+            deadline: timeout_seconds
+                .map(|t| Duration::from_secs(t).saturating_add(TIMEOUT_SECONDS_GRACE)),
             end_cleanly: true,
         },
         None => Bounds::ordinary(upstream.timeout()),
     };
-    let (body, cap) = request_body(
-        &parts.headers,
-        body,
-        limits.max_request_body,
-        kind.is_some(),
-    )?;
+    let cap = kind.is_none().then_some(limits.max_request_body);
+    let (body, watch) = request_body(&parts.headers, body, cap)?;
     let request = Request::from_parts(parts, body);
     let sent = match kind {
         Some(_) => upstream
@@ -125,14 +124,10 @@ pub async fn forward(
             .map(|response| (response, None)),
     };
     let (response, lease) = match sent {
-        // The upstream saw the body cut off by our cap (and answered with a reset or not at
-        // all): the client's fault, said as such.
-        Err(_) if cap.exceeded() => {
-            return Err(GatewayError::PayloadTooLarge {
-                limit: limits.max_request_body,
-            });
-        }
-        other => other?,
+        // The upstream request failed because of the client's body (cut off by our cap, or
+        // malformed or abandoned on the way in): the client's fault, said as such.
+        Err(upstream_error) => return Err(watch.blame(upstream_error)),
+        Ok(pair) => pair,
     };
     let open = kind.map(OpenStream::new);
     Ok(relay(response, bounds, Held { open, lease }))
@@ -196,14 +191,6 @@ pub enum StreamError {
     Deadline(Duration),
 }
 
-/// The client's `timeoutSeconds`, read as the API server reads it (the first value).
-fn timeout_seconds(query: Option<&str>) -> Option<Duration> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == "timeoutSeconds")
-        .and_then(|(_, v)| v.parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
 /// A response body passed through frame by frame under [`Bounds`].
 pub struct ResponseBody<B> {
     inner: B,
@@ -224,10 +211,12 @@ impl<B> ResponseBody<B> {
         ResponseBody {
             inner,
             bounds,
-            idle: Box::pin(tokio::time::sleep_until(now + bounds.idle)),
+            idle: Box::pin(tokio::time::sleep_until(far(now, bounds.idle))),
+            // A deadline too far away to represent is no deadline; the idle bound still holds.
             deadline: bounds
                 .deadline
-                .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+                .and_then(|d| now.checked_add(d))
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
             waiting: false,
             done: false,
             _held: held,
@@ -268,7 +257,9 @@ where
             return this.cut(StreamError::Deadline(limit));
         }
         if !this.waiting {
-            this.idle.as_mut().reset(Instant::now() + this.bounds.idle);
+            this.idle
+                .as_mut()
+                .reset(far(Instant::now(), this.bounds.idle));
             this.waiting = true;
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -300,34 +291,55 @@ where
     }
 }
 
-/// Whether the request body cap cut a body off.
-#[derive(Debug, Default)]
-pub struct Cap(Option<Arc<AtomicBool>>);
+/// `now + d`, or a point so far away that it never comes when that cannot be represented.
+fn far(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 60 * 60))
+}
 
-impl Cap {
-    /// The body went over the cap (and the upstream request failed for it).
-    pub fn exceeded(&self) -> bool {
-        self.0
+const BODY_OK: u8 = 0;
+const BODY_TOO_LARGE: u8 = 1;
+const BODY_CLIENT_FAILED: u8 = 2;
+
+/// What became of the client's request body on its way upstream: when the upstream request
+/// fails, this tells whether the client's body was the cause. HTTP/2 reports a cut-off
+/// body to the upstream only as a reset stream, and hyper reports a malformed one only as
+/// a failed request, so the body itself has to say.
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    state: Option<Arc<AtomicU8>>,
+    cap: u64,
+}
+
+impl BodyWatch {
+    /// The error for a failed upstream request: the client's when its body failed,
+    /// otherwise the upstream's.
+    pub fn blame(&self, upstream_error: GatewayError) -> GatewayError {
+        match self
+            .state
             .as_ref()
-            .is_some_and(|hit| hit.load(Ordering::Acquire))
+            .map(|state| state.load(Ordering::Acquire))
+        {
+            Some(BODY_TOO_LARGE) => GatewayError::PayloadTooLarge { limit: self.cap },
+            Some(BODY_CLIENT_FAILED) => GatewayError::BadRequest(
+                "the request body could not be read: it was malformed or cut off",
+            ),
+            _ => upstream_error,
+        }
     }
 }
 
-/// The request body to forward, streamed. Long-running requests (proxy, streaming
-/// subresources) are not capped: their bodies are streams, not API objects. Otherwise a
-/// declared length over the cap is refused before anything is sent, and a body without
-/// one is cut off when it passes the cap; [`Cap`] tells the caller that happened, because
-/// HTTP/2 only reports it to the upstream as a reset stream.
+/// The request body to forward, streamed and watched. With a `cap` (ordinary requests;
+/// long-running ones such as proxy carry streams, not API objects), a declared length
+/// over it is refused before anything is sent, and a body without one is cut off when it
+/// passes it. The returned [`BodyWatch`] tells the caller whether a failed upstream
+/// request was the body's fault.
 pub fn request_body(
     headers: &HeaderMap,
     body: Body,
-    limit: u64,
-    long_running: bool,
-) -> Result<(Body, Cap), GatewayError> {
+    cap: Option<u64>,
+) -> Result<(Body, BodyWatch), GatewayError> {
     use http_body::Body as _;
-    if long_running {
-        return Ok((body, Cap::default()));
-    }
     if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
@@ -335,38 +347,43 @@ pub fn request_body(
             .and_then(|v| v.parse().ok())
             .ok_or(GatewayError::BadRequest("invalid Content-Length"))?;
         // hyper holds the client to the declared length, on HTTP/1.1 and HTTP/2.
-        return if length > limit {
-            Err(GatewayError::PayloadTooLarge { limit })
-        } else {
-            Ok((body, Cap::default()))
-        };
+        if let Some(limit) = cap
+            && length > limit
+        {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
     }
     if body.is_end_stream() {
-        return Ok((body, Cap::default()));
+        return Ok((body, BodyWatch::default()));
     }
-    let hit = Arc::new(AtomicBool::new(false));
-    let capped = CappedBody {
+    let state = Arc::new(AtomicU8::new(BODY_OK));
+    let watched = WatchedBody {
         inner: body,
         seen: 0,
-        limit,
-        hit: hit.clone(),
+        cap,
+        state: state.clone(),
     };
-    Ok((Body::new(capped), Cap(Some(hit))))
+    let watch = BodyWatch {
+        state: Some(state),
+        cap: cap.unwrap_or(u64::MAX),
+    };
+    Ok((Body::new(watched), watch))
 }
-
 /// The request body exceeded the cap.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body exceeds the {0}-byte limit")]
 pub struct TooLarge(u64);
 
-struct CappedBody {
+/// The client's body on its way upstream: counted against the cap, and its failures noted
+/// for [`BodyWatch`].
+struct WatchedBody {
     inner: Body,
     seen: u64,
-    limit: u64,
-    hit: Arc<AtomicBool>,
+    cap: Option<u64>,
+    state: Arc<AtomicU8>,
 }
 
-impl http_body::Body for CappedBody {
+impl http_body::Body for WatchedBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -376,14 +393,17 @@ impl http_body::Body for CappedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => {
+                self.state.store(BODY_CLIENT_FAILED, Ordering::Release);
+                return Poll::Ready(Some(Err(e.into())));
+            }
             None => return Poll::Ready(None),
         };
-        if let Some(data) = frame.data_ref() {
+        if let (Some(data), Some(cap)) = (frame.data_ref(), self.cap) {
             self.seen = self.seen.saturating_add(data.len() as u64);
-            if self.seen > self.limit {
-                self.hit.store(true, Ordering::Release);
-                return Poll::Ready(Some(Err(TooLarge(self.limit).into())));
+            if self.seen > cap {
+                self.state.store(BODY_TOO_LARGE, Ordering::Release);
+                return Poll::Ready(Some(Err(TooLarge(cap).into())));
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -497,19 +517,45 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
-    #[test]
-    fn timeout_seconds_is_read_like_the_api_server() {
-        assert_eq!(
-            timeout_seconds(Some("watch=true&timeoutSeconds=30")),
-            Some(Duration::from_secs(30))
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_too_far_to_represent_do_not_panic() {
+        // The largest `timeoutSeconds` the pipeline lets through, plus the grace, and
+        // durations no clock can reach: the stream is bounded by its idle timeout instead.
+        for deadline in [
+            Duration::from_secs(kubegate_policy::MAX_TIMEOUT_SECONDS)
+                .saturating_add(TIMEOUT_SECONDS_GRACE),
+            Duration::MAX,
+        ] {
+            let bounds = Bounds {
+                deadline: Some(deadline),
+                ..long_running(5)
+            };
+            let mut body = ResponseBody::new(hanging(&["a"]), bounds, Held::default());
+            body.frame().await.unwrap().unwrap();
+            let asked = Instant::now();
+            assert!(body.frame().await.is_none());
+            assert_eq!(asked.elapsed(), Duration::from_secs(5));
+        }
+        let body = ResponseBody::new(
+            hanging(&[]),
+            Bounds::ordinary(Duration::MAX),
+            Held::default(),
         );
-        assert_eq!(
-            timeout_seconds(Some("timeoutSeconds=%31%30&timeoutSeconds=99")),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(timeout_seconds(Some("timeoutSeconds=-1")), None);
-        assert_eq!(timeout_seconds(Some("watch=1")), None);
-        assert_eq!(timeout_seconds(None), None);
+        drop(body);
+    }
+
+    /// A body that yields `chunks`, then fails the way hyper's does on a malformed chunk.
+    fn failing(chunks: &[&'static str]) -> Body {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        frames.push(Err("invalid chunk size line".into()));
+        Body::new(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    fn upstream_down() -> GatewayError {
+        GatewayError::UpstreamUnavailable("connection reset".into())
     }
 
     fn chunked(chunks: &[&'static str]) -> Body {
@@ -522,30 +568,47 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunked_body_over_the_cap_is_cut_off_and_reported() {
-        let (body, cap) =
-            request_body(&HeaderMap::new(), chunked(&["1234", "5678"]), 6, false).unwrap();
+        let (body, watch) =
+            request_body(&HeaderMap::new(), chunked(&["1234", "5678"]), Some(6)).unwrap();
         let error = body.collect().await.unwrap_err();
         assert!(error.to_string().contains("6-byte limit"), "{error}");
-        assert!(cap.exceeded());
+        assert!(matches!(
+            watch.blame(upstream_down()),
+            GatewayError::PayloadTooLarge { limit: 6 }
+        ));
 
-        let (body, cap) =
-            request_body(&HeaderMap::new(), chunked(&["1234", "56"]), 6, false).unwrap();
+        let (body, watch) =
+            request_body(&HeaderMap::new(), chunked(&["1234", "56"]), Some(6)).unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "123456");
-        assert!(!cap.exceeded());
+        assert!(matches!(
+            watch.blame(upstream_down()),
+            GatewayError::UpstreamUnavailable(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_client_body_is_the_clients_fault() {
+        for cap in [Some(1024), None] {
+            let (body, watch) = request_body(&HeaderMap::new(), failing(&["12"]), cap).unwrap();
+            assert!(body.collect().await.is_err());
+            let blamed = watch.blame(upstream_down());
+            assert!(matches!(blamed, GatewayError::BadRequest(_)), "{blamed:?}");
+            assert_eq!(blamed.status(), http::StatusCode::BAD_REQUEST);
+        }
     }
 
     #[test]
     fn a_declared_length_over_the_cap_is_refused_up_front() {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_LENGTH, "7".parse().unwrap());
-        let refused = request_body(&headers, Body::empty(), 6, false).unwrap_err();
+        let refused = request_body(&headers, Body::empty(), Some(6)).unwrap_err();
         assert!(matches!(
             refused,
             GatewayError::PayloadTooLarge { limit: 6 }
         ));
         headers.insert(http::header::CONTENT_LENGTH, "x".parse().unwrap());
         assert!(matches!(
-            request_body(&headers, Body::empty(), 6, false),
+            request_body(&headers, Body::empty(), Some(6)),
             Err(GatewayError::BadRequest(_))
         ));
     }
@@ -554,9 +617,12 @@ mod tests {
     async fn long_running_bodies_are_not_capped() {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_LENGTH, "8".parse().unwrap());
-        let (body, cap) = request_body(&headers, chunked(&["1234", "5678"]), 6, true).unwrap();
+        let (body, watch) = request_body(&headers, chunked(&["1234", "5678"]), None).unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "12345678");
-        assert!(!cap.exceeded());
+        assert!(matches!(
+            watch.blame(upstream_down()),
+            GatewayError::UpstreamUnavailable(_)
+        ));
     }
 
     /// Records the value of every gauge in one cell (the tests use one gauge at a time).

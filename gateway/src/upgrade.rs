@@ -30,11 +30,12 @@ use axum::body::Body;
 use axum::response::Response;
 use http::header::{CONNECTION, UPGRADE};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use kubegate_config::Limits;
+use kubegate_policy::RequestAttributes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
@@ -108,7 +109,7 @@ pub enum UpgradeError {
 /// An `Upgrade` header is either a well-formed HTTP/1.1 upgrade to exactly one of the
 /// accepted protocols, announced in `Connection`, or the request is refused with 400: a
 /// request that one hop could read as an upgrade and another as a plain request is never
-/// forwarded.
+/// forwarded. Whether the target may be upgraded at all is [`check_target`]'s question.
 pub fn requested(parts: &mut Parts) -> Result<Option<Upgrade>, GatewayError> {
     let Some(protocol) = protocol_of(parts.version, &parts.headers)? else {
         return Ok(None);
@@ -120,6 +121,33 @@ pub fn requested(parts: &mut Parts) -> Result<Option<Upgrade>, GatewayError> {
             "this connection cannot be upgraded",
         ))?;
     Ok(Some(Upgrade { protocol, client }))
+}
+
+/// Refuses an upgrade of a request the API server would not switch protocols for. It
+/// does for the connect subresources (exec, attach, port-forward, proxy) and for the
+/// streams it also serves over WebSocket (watch and logs), on `GET` (WebSocket) or `POST`
+/// (SPDY).
+///
+/// Without it, upgrade headers would turn any request into a stream: admitted by the
+/// stream caps and relayed as an ordinary response when the API server does not switch.
+pub fn check_target(method: &Method, attributes: &RequestAttributes) -> Result<(), GatewayError> {
+    let switches = match attributes {
+        RequestAttributes::NonResource(_) => false,
+        RequestAttributes::Resource(r) => {
+            matches!(
+                r.subresource.as_str(),
+                "exec" | "attach" | "portforward" | "proxy" | "log"
+            ) || r.verb == "watch"
+        }
+    };
+    if switches && matches!(*method, Method::GET | Method::POST) {
+        Ok(())
+    } else {
+        Err(GatewayError::BadRequest(
+            "connection upgrades are accepted only for exec, attach, port-forward, proxy, \
+             watch and log requests (GET or POST)",
+        ))
+    }
 }
 
 fn protocol_of(version: Version, headers: &HeaderMap) -> Result<Option<Protocol>, GatewayError> {
@@ -422,6 +450,64 @@ mod tests {
         let h2 = headers(&[("upgrade", "websocket"), ("connection", "Upgrade")]);
         assert!(protocol_of(Version::HTTP_2, &h2).is_err());
         assert!(protocol_of(Version::HTTP_10, &h2).is_err());
+    }
+
+    fn attributes(method: &str, path: &str, query: Option<&str>) -> RequestAttributes {
+        let canonical = kubegate_policy::normalize_path(path).unwrap();
+        kubegate_policy::resolve(method, &canonical, query)
+    }
+
+    #[test]
+    fn only_endpoints_that_switch_protocols_may_be_upgraded() {
+        for (method, path, query) in [
+            (
+                "GET",
+                "/api/v1/namespaces/dev/pods/p/exec",
+                Some("command=sh"),
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/dev/pods/p/exec",
+                Some("command=sh"),
+            ),
+            ("POST", "/api/v1/namespaces/dev/pods/p/attach", None),
+            ("GET", "/api/v1/namespaces/dev/pods/p/portforward", None),
+            (
+                "GET",
+                "/api/v1/namespaces/dev/services/web:80/proxy/ws",
+                None,
+            ),
+            ("GET", "/api/v1/namespaces/dev/pods", Some("watch=true")),
+            (
+                "GET",
+                "/api/v1/namespaces/dev/pods/p/log",
+                Some("follow=true"),
+            ),
+        ] {
+            let m = Method::from_bytes(method.as_bytes()).unwrap();
+            assert!(
+                check_target(&m, &attributes(method, path, query)).is_ok(),
+                "{method} {path}"
+            );
+        }
+        // Upgrade headers on ordinary requests are how the stream caps (and once the rate
+        // quota) were sidestepped: refused before the request is admitted or forwarded.
+        for (method, path, query) in [
+            ("GET", "/api/v1/namespaces/dev/pods", None),
+            ("GET", "/api/v1/namespaces/dev/pods/p", None),
+            ("DELETE", "/api/v1/namespaces/dev/pods/p", None),
+            ("DELETE", "/api/v1/namespaces/dev/pods/p/exec", None),
+            ("PUT", "/api/v1/namespaces/dev/pods/p/exec", None),
+            ("GET", "/version", None),
+            ("GET", "/api/v1/namespaces/dev/secrets", None),
+        ] {
+            let m = Method::from_bytes(method.as_bytes()).unwrap();
+            let refused = check_target(&m, &attributes(method, path, query)).unwrap_err();
+            assert!(
+                refused.to_string().contains("accepted only for exec"),
+                "{method} {path}: {refused}"
+            );
+        }
     }
 
     #[test]

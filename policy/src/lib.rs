@@ -18,6 +18,7 @@ mod subject;
 pub use cases::{CaseFailure, CaseReport, run_cases};
 pub use error::{PolicyError, PolicyWarning};
 pub use path::{CanonicalPath, MAX_PATH_LEN, MAX_SEGMENT_LEN, PathError, normalize_path};
+pub use query::{MAX_TIMEOUT_SECONDS, QueryError, timeout_seconds};
 pub use request::{
     KUBERNETES_VERBS, NonResourceAttributes, RequestAttributes, ResourceAttributes, resolve,
 };

@@ -113,6 +113,32 @@ pub(crate) fn fallback_watch_bool(v: Option<&str>) -> bool {
     }
 }
 
+/// The largest `timeoutSeconds` accepted: the API server multiplies the value into a Go
+/// `time.Duration` (nanoseconds in an `i64`), so anything larger would overflow there and
+/// be read as some other, possibly negative, timeout.
+pub const MAX_TIMEOUT_SECONDS: u64 = i64::MAX as u64 / 1_000_000_000;
+
+/// Why a query parameter the gateway acts on was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// `timeoutSeconds` is not a whole number of seconds in range.
+    #[error("timeoutSeconds must be a whole number of seconds from 0 to {MAX_TIMEOUT_SECONDS}")]
+    TimeoutSeconds,
+}
+
+/// The request's `timeoutSeconds`, read as the API server reads it (the first value, Go's
+/// unescaping) and bounded: `Ok(None)` when absent, an error when it is not an integer the
+/// API server would accept or lies outside `0..=MAX_TIMEOUT_SECONDS`.
+pub fn timeout_seconds(query: Option<&str>) -> Result<Option<u64>, QueryError> {
+    let Some(raw) = query.and_then(|q| QueryParams::parse(q).timeout_seconds) else {
+        return Ok(None);
+    };
+    match raw.parse::<i64>() {
+        Ok(secs) if (0..=MAX_TIMEOUT_SECONDS as i64).contains(&secs) => Ok(Some(secs as u64)),
+        _ => Err(QueryError::TimeoutSeconds),
+    }
+}
+
 /// `strconv.ParseInt(s, 10, 64)` succeeds.
 pub(crate) fn go_parse_int_ok(s: &str) -> bool {
     s.parse::<i64>().is_ok()
@@ -202,6 +228,40 @@ pub(crate) fn is_valid_path_segment_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_seconds_is_bounded_before_anyone_adds_to_it() {
+        assert_eq!(timeout_seconds(None), Ok(None));
+        assert_eq!(timeout_seconds(Some("watch=1")), Ok(None));
+        assert_eq!(timeout_seconds(Some("timeoutSeconds=300")), Ok(Some(300)));
+        assert_eq!(timeout_seconds(Some("timeoutSeconds=0")), Ok(Some(0)));
+        assert_eq!(timeout_seconds(Some("timeoutSeconds=%2B7")), Ok(Some(7)));
+        // The first value wins, as in the API server.
+        assert_eq!(
+            timeout_seconds(Some("timeoutSeconds=5&timeoutSeconds=x")),
+            Ok(Some(5))
+        );
+        let max = MAX_TIMEOUT_SECONDS.to_string();
+        assert_eq!(
+            timeout_seconds(Some(&format!("timeoutSeconds={max}"))),
+            Ok(Some(MAX_TIMEOUT_SECONDS))
+        );
+        for bad in [
+            "18446744073709551615",
+            "9223372036854775807",
+            "9223372037",
+            "-1",
+            "1.5",
+            "",
+            "ten",
+        ] {
+            assert_eq!(
+                timeout_seconds(Some(&format!("timeoutSeconds={bad}"))),
+                Err(QueryError::TimeoutSeconds),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn go_query_quirks() {

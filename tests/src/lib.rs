@@ -533,6 +533,105 @@ pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// A TLS connection to the gateway offering only HTTP/1.1 (as an upgrading client does),
+/// for tests that write requests by hand.
+pub async fn connect_http1(
+    gw: &TestGateway,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = client_config()
+        .with_root_certificates(roots(&gw.pki.ca_pem))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gw.running.addr())
+        .await
+        .expect("connect to the gateway");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("127.0.0.1".try_into().expect("server name"), tcp)
+        .await
+        .expect("TLS handshake with the gateway")
+}
+
+/// A response read by hand: the head, and the body when it is not a 101.
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower-case) and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty for a 101).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Every value of header `name`.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Reads one response; the body by Content-Length or chunked. A 101 has no body: what
+/// follows its head belongs to the new protocol and is left unread.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> RawResponse {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(Duration::from_secs(10), conn.read_u8())
+            .await
+            .expect("a response within 10 s")
+            .expect("a response head");
+        head.push(byte);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    let mut response = RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if status == 101 {
+        return response;
+    }
+    if let Some(length) = response.header("content-length").first() {
+        let mut body = vec![0; length.parse().unwrap()];
+        conn.read_exact(&mut body).await.unwrap();
+        response.body = body;
+    } else if response.header("transfer-encoding") == ["chunked"] {
+        loop {
+            let mut size_line = Vec::new();
+            while !size_line.ends_with(b"\r\n") {
+                size_line.push(conn.read_u8().await.unwrap());
+            }
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&size_line).unwrap().trim(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            conn.read_exact(&mut chunk).await.unwrap();
+            if size == 0 {
+                break;
+            }
+            response.body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    response
+}
+
 /// Writes a file into `dir`.
 pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);

@@ -6,19 +6,19 @@
 //! SPDY handshake and the refusals at the protocol level.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
-use kubegate_tests::{GatewayOptions, TestGateway, UPSTREAM_TOKEN, collect, https_client, kubectl};
+use kubegate_tests::{
+    GatewayOptions, RawResponse, TestGateway, UPSTREAM_TOKEN, collect, connect_http1, https_client,
+    kubectl, read_response,
+};
 use serde_json::{Value, json};
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
 };
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 /// Alice (`devs`) may run things in `dev`; Bob (`guests`) may only look.
 const POLICY: &str = r#"
@@ -346,7 +346,7 @@ async fn a_denied_exec_is_refused_by_the_gateway_and_never_reaches_the_upstream(
     );
 
     // The same at the protocol level: a 403 Status from the gateway, naming the rule.
-    let mut conn = connect(&gw).await;
+    let mut conn = connect_http1(&gw).await;
     let response = upgrade_request(
         &mut conn,
         &token,
@@ -374,104 +374,6 @@ async fn a_denied_exec_is_refused_by_the_gateway_and_never_reaches_the_upstream(
 // ---------------------------------------------------------------------------------------
 // SPDY at the protocol level
 
-/// A TLS connection to the gateway offering only HTTP/1.1, as an upgrading client does.
-async fn connect(gw: &TestGateway) -> TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject as _;
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(gw.pki.ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(gw.running.addr()).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
-/// A response read by hand: the head, and the body when it is not a 101.
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-/// Reads one response; the body by Content-Length or chunked. A 101 has no body: what
-/// follows its head belongs to the new protocol and is left unread.
-async fn read_response<S: AsyncRead + Unpin>(conn: &mut S) -> RawResponse {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let byte = tokio::time::timeout(Duration::from_secs(10), conn.read_u8())
-            .await
-            .expect("a response within 10 s")
-            .expect("a response head");
-        head.push(byte);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.trim().to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    let mut response = RawResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if status == 101 {
-        return response;
-    }
-    if let Some(length) = response.header("content-length").first() {
-        let mut body = vec![0; length.parse().unwrap()];
-        conn.read_exact(&mut body).await.unwrap();
-        response.body = body;
-    } else if response.header("transfer-encoding") == ["chunked"] {
-        loop {
-            let mut size_line = Vec::new();
-            while !size_line.ends_with(b"\r\n") {
-                size_line.push(conn.read_u8().await.unwrap());
-            }
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&size_line).unwrap().trim(), 16).unwrap();
-            let mut chunk = vec![0; size + 2];
-            conn.read_exact(&mut chunk).await.unwrap();
-            if size == 0 {
-                break;
-            }
-            response.body.extend_from_slice(&chunk[..size]);
-        }
-    }
-    response
-}
-
 /// Sends an upgrade request as kubectl's SPDY client does and reads the answer's head.
 async fn upgrade_request<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut S,
@@ -497,7 +399,7 @@ async fn spdy_port_forward_is_spliced_after_the_upstream_switches() {
     let token = alice(&gw);
     create_pod(&gw, &token, "tunnel").await;
 
-    let mut conn = connect(&gw).await;
+    let mut conn = connect_http1(&gw).await;
     let response = upgrade_request(&mut conn, &token, PORTFORWARD, "SPDY/3.1").await;
     assert_eq!(
         response.status,
@@ -575,7 +477,7 @@ async fn a_refused_upgrade_is_relayed_and_never_spliced() {
     // The gateway's policy allows it, the cluster's RBAC does not.
     gw.sandbox.deny_connect("alice");
 
-    let mut conn = connect(&gw).await;
+    let mut conn = connect_http1(&gw).await;
     let response = upgrade_request(&mut conn, &token, PORTFORWARD, "SPDY/3.1").await;
     assert_eq!(response.status, 403);
     assert!(response.header("upgrade").is_empty());
@@ -619,7 +521,7 @@ async fn only_spdy_and_websocket_upgrades_are_accepted() {
     let token = alice(&gw);
     create_pod(&gw, &token, "tunnel").await;
     for protocol in ["h2c", "TLS/1.2", "websocket, SPDY/3.1", "SPDY/3"] {
-        let mut conn = connect(&gw).await;
+        let mut conn = connect_http1(&gw).await;
         let response = upgrade_request(&mut conn, &token, PORTFORWARD, protocol).await;
         assert_eq!(response.status, 400, "{protocol}");
         let status: Value = serde_json::from_slice(&response.body).unwrap();
@@ -648,7 +550,7 @@ async fn either_side_going_away_releases_both() {
     create_pod(&gw, &token, "tunnel").await;
 
     // The client vanishes without closing anything: the upstream side is closed.
-    let mut conn = connect(&gw).await;
+    let mut conn = connect_http1(&gw).await;
     assert_eq!(
         upgrade_request(&mut conn, &token, PORTFORWARD, "SPDY/3.1")
             .await
@@ -666,7 +568,7 @@ async fn either_side_going_away_releases_both() {
     .await;
 
     // The upstream vanishes: the client's connection is closed.
-    let mut conn = connect(&gw).await;
+    let mut conn = connect_http1(&gw).await;
     assert_eq!(
         upgrade_request(&mut conn, &token, PORTFORWARD, "SPDY/3.1")
             .await
@@ -691,7 +593,7 @@ async fn either_side_going_away_releases_both() {
 
 /// POSTs `body` with `Transfer-Encoding: chunked` (no declared length), 8 KiB a chunk.
 async fn post_chunked(gw: &TestGateway, token: &str, path: &str, body: String) -> RawResponse {
-    let mut conn = connect(gw).await;
+    let mut conn = connect_http1(gw).await;
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: kubegate\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -799,7 +701,7 @@ async fn idle_streams_end_after_the_idle_timeout() {
     );
 
     // A spliced connection on which nothing moves is closed, both sides.
-    let mut conn = connect(&gw).await;
+    let mut conn = connect_http1(&gw).await;
     assert_eq!(
         upgrade_request(&mut conn, &token, PORTFORWARD, "SPDY/3.1")
             .await
@@ -821,8 +723,9 @@ async fn idle_streams_end_after_the_idle_timeout() {
 #[tokio::test]
 async fn more_watches_than_one_upstream_connection_carries_all_open() {
     let _shared = STREAMS.read().await;
-    // One user's 240 open watches are past the default per-user stream cap (128).
-    let gw = gateway_with(Some("max_streams_per_user = 1000")).await;
+    // One user's 240 open watches are past the default per-user stream cap (128), and
+    // opening them at once past the default burst of the rate quota (100).
+    let gw = gateway_with(Some("max_streams_per_user = 1000\nburst = 500")).await;
     let token = alice(&gw);
     // The sandbox allows 200 streams per HTTP/2 connection (hyper's default), the gateway
     // 250 per client connection: 240 watches on one client connection need the gateway
@@ -911,7 +814,7 @@ async fn open_watches_and_upgrades_are_a_gauge() {
     let watch = client.request(request).await.unwrap();
     eventually_open(&gw, "watch", 1.0).await;
 
-    let mut conn = connect(&gw).await;
+    let mut conn = connect_http1(&gw).await;
     assert_eq!(
         upgrade_request(&mut conn, &token, PORTFORWARD, "SPDY/3.1")
             .await
