@@ -322,3 +322,48 @@ fn audit_records_go_to_stdout_and_the_file_together() {
         assert_eq!(records[0]["requestURI"], "/version", "{sink}");
     }
 }
+
+#[test]
+fn escalation_paths_are_warnings_in_check_config_and_explain() {
+    let dir = valid_dir();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"run-pods\"\neffect = \"allow\"\nsubjects = { groups = [\"devs\"] }\nresources = [{ api_groups = [\"\"], resources = [\"pods\"], namespaces = [\"dev\"], verbs = [\"create\"] }]\n",
+    )
+    .unwrap();
+    let warning = "policy.toml:5:14: rule \"run-pods\": resources[0]: escalation path: create on pods in namespace \"dev\": a pod can mount any secret and service-account token of its namespace";
+    let out = check_config(dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning is not an error: {stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains(warning)),
+        "{stdout}"
+    );
+    assert!(stdout.contains(": ok (1 policy rules"), "{stdout}");
+
+    // explain prints the same warning and keeps its exit codes: 0 allow, 2 deny.
+    for (method, code) in [("POST", 0), ("DELETE", 2)] {
+        let out = kubegate()
+            .args(["policy", "explain", "--policy"])
+            .arg(&policy)
+            .args(["--user", "alice", "--group", "devs", method])
+            .arg("/api/v1/namespaces/dev/pods")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{method}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("warning: ") && l.contains(warning)),
+            "{stderr}"
+        );
+    }
+}

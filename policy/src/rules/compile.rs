@@ -11,6 +11,7 @@ use crate::glob::Glob;
 use crate::path::normalize_path;
 use crate::request::{RequestAttributes, resolve};
 
+use super::escalation::escalation_warnings;
 use super::model::{
     ClaimMatcher, Effect, METHODS, Mapping, NamespacePattern, PathEntry, ResourceEntry,
     ResourcePattern, Rule, SubjectMatcher, Target, VERBS, VerbSet, method_bit, verb_bit,
@@ -84,7 +85,8 @@ pub(crate) fn compile(loc: Locator<'_>) -> Result<(Vec<Rule>, Vec<PolicyWarning>
             }
         }
     }
-    for (a, d) in shadowed(&rules) {
+    let shadowed = shadowed(&rules);
+    for &(a, d) in &shadowed {
         warnings.push(loc.warning(
             Some(rules[a].name_span.clone()),
             Some(&rules[a].name),
@@ -95,6 +97,10 @@ pub(crate) fn compile(loc: Locator<'_>) -> Result<(Vec<Rule>, Vec<PolicyWarning>
             ),
         ));
     }
+    // A wholly shadowed rule allows nothing, so it grants no escalation either.
+    let mut dead: Vec<usize> = shadowed.iter().map(|&(a, _)| a).collect();
+    dead.sort_unstable();
+    warnings.extend(escalation_warnings(loc, &rules, &dead));
     Ok((rules, warnings))
 }
 
@@ -376,12 +382,13 @@ impl RuleCompiler<'_> {
         }
         let mut out = Vec::new();
         for (i, e) in list.get_ref().iter().enumerate() {
-            out.push(self.resource_entry(e.get_ref(), &format!("resources[{i}]"))?);
+            out.push(self.resource_entry(e, &format!("resources[{i}]"))?);
         }
         Ok(out)
     }
 
-    fn resource_entry(&self, e: &ResourceSpec, f: &str) -> Result<ResourceEntry> {
+    fn resource_entry(&self, spec: &Spanned<ResourceSpec>, f: &str) -> Result<ResourceEntry> {
+        let e = spec.get_ref();
         let verbs = self.verbs(&e.verbs, &format!("{f}.verbs"), &VERBS, "verb", verb_bit)?;
         let field = format!("{f}.api_groups");
         self.non_empty(&e.api_groups, &field)?;
@@ -455,6 +462,7 @@ impl RuleCompiler<'_> {
             }
         };
         Ok(ResourceEntry {
+            span: spec.span(),
             verbs,
             api_groups,
             resources,

@@ -3,6 +3,7 @@
 
 pub(crate) mod compile;
 mod decide;
+mod escalation;
 mod model;
 mod schema;
 mod template;
@@ -57,6 +58,11 @@ pub use model::METHODS as HTTP_METHODS;
 /// - Globs: `*` matches any run of characters; everything else is literal.
 /// - Decision: any matching deny rule denies; else the first matching allow
 ///   rule in file order allows (and maps the identity); else denied.
+/// - Warnings (the policy still loads): allow rules a deny rule wholly
+///   shadows, resource paths in path rules, and allow rules granting a known
+///   Kubernetes escalation path (creating pods or workload controllers, exec
+///   and attach, nodes/proxy, service-account tokens, impersonation, RBAC
+///   escalate/bind, certificate signing, admission webhooks, reading secrets).
 pub struct Policy {
     source: String,
     rules: Vec<model::Rule>,
@@ -68,7 +74,8 @@ pub struct Policy {
 pub struct LoadedPolicy {
     /// The compiled policy.
     pub policy: Policy,
-    /// Legal but probably unintended constructs (e.g. shadowed rules).
+    /// Legal but probably unintended constructs (shadowed rules), and grants
+    /// that are known escalation paths in Kubernetes.
     pub warnings: Vec<PolicyWarning>,
 }
 
@@ -120,5 +127,7 @@ impl fmt::Debug for Policy {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod escalation_tests;
 #[cfg(test)]
 mod tests;

@@ -159,6 +159,8 @@ pub(crate) enum Target {
 
 #[derive(Debug)]
 pub(crate) struct ResourceEntry {
+    /// Byte span of the entry, for warnings.
+    pub(crate) span: std::ops::Range<usize>,
     pub(crate) verbs: VerbSet,
     pub(crate) api_groups: Vec<Glob>,
     pub(crate) resources: Vec<ResourcePattern>,
@@ -179,7 +181,7 @@ pub(crate) enum ResourcePattern {
 }
 
 impl ResourcePattern {
-    fn matches(&self, resource: &str, subresource: &str) -> bool {
+    pub(crate) fn matches(&self, resource: &str, subresource: &str) -> bool {
         match self {
             ResourcePattern::All => true,
             ResourcePattern::Plain(g) => subresource.is_empty() && g.matches(resource),
