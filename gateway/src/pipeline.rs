@@ -26,7 +26,7 @@ use kubegate_config::Limits;
 use kubegate_policy::{Decision, RequestAttributes, normalize_path, resolve};
 use tracing::{info, warn};
 
-use crate::audit::{AuditId, AuditLog, Stage};
+use crate::audit::{AuditId, AuditLog, Stage, SummaryKey};
 use crate::authn::{Authenticator, Identity};
 use crate::authz::PolicyStore;
 use crate::error::GatewayError;
@@ -76,6 +76,9 @@ struct Outcome {
     permit: Option<Permit>,
     /// A watch, log follow or upgrade: audited at start and at end.
     long_running: bool,
+    /// Set just before the request goes to the upstream: from then on the API server may
+    /// have seen it, so its record is never folded into a summary.
+    sent_upstream: bool,
 }
 
 impl Outcome {
@@ -84,6 +87,23 @@ impl Outcome {
             Some(d) if d.allowed => "allow",
             Some(_) => "deny",
             None => "none",
+        }
+    }
+
+    /// Whether the record is one of the refusals [`AuditLog::record_refusal`] summarises:
+    /// the API server never saw the request, and no policy decided it (a bad path, a 401)
+    /// or admission refused it (a 429 the gateway answered itself). Forwarded requests and
+    /// policy decisions (403) always keep a record of their own.
+    fn summarised(&self, status: StatusCode) -> bool {
+        !self.sent_upstream && (self.decision.is_none() || status == StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// Whose refusals the record is counted with: the verified user, else the client's
+    /// address.
+    fn summary_key(&self, facts: &Facts) -> SummaryKey {
+        match &self.identity {
+            Some(identity) => SummaryKey::User(identity.username.clone()),
+            None => SummaryKey::Address(facts.source_ip.clone()),
         }
     }
 
@@ -182,7 +202,12 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> R
         status.as_u16(),
         outcome.annotations(elapsed.saturating_sub(outcome.upstream_wait)),
     );
-    gateway.audit.record(&event).await;
+    if outcome.summarised(status) {
+        let key = outcome.summary_key(&facts);
+        gateway.audit.record_refusal(key, &event).await;
+    } else {
+        gateway.audit.record(&event).await;
+    }
     if streaming && status != StatusCode::SWITCHING_PROTOCOLS {
         // The stream's end writes `ResponseComplete` and frees its slot.
         let completion = Completion::new(
@@ -295,6 +320,7 @@ impl Gateway {
         // The client's HTTP version is its hop's business; the upstream connection
         // negotiates its own (h2 when offered).
         parts.version = Version::HTTP_11;
+        outcome.sent_upstream = true;
         let sent = Instant::now();
         let response = match upgrade {
             // Spliced only once the upstream switched protocols as asked (upgrade.rs).

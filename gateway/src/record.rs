@@ -5,7 +5,15 @@
 //! long-running one (watch, log follow, an upgraded exec/attach/port-forward) gets a
 //! `ResponseStarted` record then, and a `ResponseComplete` record when its stream or
 //! spliced connection ends, written by [`Completion`]'s drop.
+//!
+//! Every record is built by [`event`], which bounds what the client controls: the request
+//! URI, the `User-Agent`, the verb and the object reference are cut at [`MAX_REQUEST_URI`],
+//! [`MAX_USER_AGENT`] and [`MAX_ATTRIBUTE`] bytes (on a character boundary) and end in
+//! [`TRUNCATED_SUFFIX`], and the record names the fields it cut in its
+//! [`TRUNCATED_ANNOTATION`]. A record without an identity is then at most
+//! [`MAX_RECORD_WITHOUT_IDENTITY`] bytes, whatever the client sent.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +30,44 @@ use crate::authn::Identity;
 use crate::forward::ForwardedIdentity;
 use crate::limits::Permit;
 
+/// Longest `userAgent` kept, in bytes: the API server's own bound for its audit events
+/// (k8s.io/apiserver `maxUserAgentLength`). Real clients send well under 200.
+pub const MAX_USER_AGENT: usize = 1024;
+/// Longest `requestURI` kept, in bytes. A request line may be 64 KiB or more; every
+/// real Kubernetes path and query (a label selector, a long field selector) fits in this.
+pub const MAX_REQUEST_URI: usize = 4096;
+/// Longest verb and object reference field (resource, namespace, name, group, version,
+/// subresource) kept, in bytes: twice the longest Kubernetes object name (253), so only a
+/// path no API server would accept is cut.
+pub const MAX_ATTRIBUTE: usize = 512;
+/// What a cut field ends in, as the API server marks a cut `userAgent`.
+pub const TRUNCATED_SUFFIX: &str = "...TRUNCATED";
+/// Annotation listing the fields that were cut, e.g. `"requestURI,userAgent"`.
+pub const TRUNCATED_ANNOTATION: &str = "kubegate.io/truncated";
+/// The longest line (JSON and newline) a record without an authenticated identity can
+/// take: every bounded field at its bound, each byte escaped to two (`"`), plus the fixed
+/// fields, or the annotations of its summary. The unit tests build both and check them.
+pub const MAX_RECORD_WITHOUT_IDENTITY: usize = 20 * 1024;
+
+/// `value`, or its first `max` bytes (fewer, to end on a character boundary) followed by
+/// [`TRUNCATED_SUFFIX`]; `field` is noted in `cut` when it was cut.
+fn bounded<'a>(
+    value: &'a str,
+    max: usize,
+    field: &'static str,
+    cut: &mut Vec<&'static str>,
+) -> Cow<'a, str> {
+    if value.len() <= max {
+        return Cow::Borrowed(value);
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    cut.push(field);
+    Cow::Owned(format!("{}{TRUNCATED_SUFFIX}", &value[..end]))
+}
+
 /// Everything the audit record of one request needs, filled in phase by phase.
 pub struct Facts {
     /// The request's audit ID.
@@ -36,7 +82,8 @@ pub struct Facts {
     pub user_agent: Option<String>,
 }
 
-/// Builds the audit event for a request.
+/// Builds the audit event for a request, with every client-controlled field bounded (see
+/// the module doc).
 #[allow(clippy::too_many_arguments)]
 pub fn event(
     facts: &Facts,
@@ -45,27 +92,39 @@ pub fn event(
     identity: Option<&Identity>,
     forwarded: Option<&ForwardedIdentity>,
     code: u16,
-    annotations: BTreeMap<String, String>,
+    mut annotations: BTreeMap<String, String>,
 ) -> Event {
+    let mut cut = Vec::new();
+    let mut field = |value: &str, field: &'static str| {
+        bounded(value, MAX_ATTRIBUTE, field, &mut cut).into_owned()
+    };
     let (verb, object_ref) = match attributes {
         Some(RequestAttributes::Resource(r)) => (
-            r.verb.clone(),
+            field(&r.verb, "verb"),
             Some(ObjectRef {
-                resource: r.resource.clone(),
-                namespace: r.namespace.clone(),
-                name: r.name.clone(),
-                api_group: r.api_group.clone(),
-                api_version: r.api_version.clone(),
-                subresource: r.subresource.clone(),
+                resource: field(&r.resource, "objectRef.resource"),
+                namespace: field(&r.namespace, "objectRef.namespace"),
+                name: field(&r.name, "objectRef.name"),
+                api_group: field(&r.api_group, "objectRef.apiGroup"),
+                api_version: field(&r.api_version, "objectRef.apiVersion"),
+                subresource: field(&r.subresource, "objectRef.subresource"),
             }),
         ),
-        Some(RequestAttributes::NonResource(n)) => (n.verb.clone(), None),
+        Some(RequestAttributes::NonResource(n)) => (field(&n.verb, "verb"), None),
         None => (String::new(), None),
     };
+    let request_uri = bounded(&facts.request_uri, MAX_REQUEST_URI, "requestURI", &mut cut);
+    let user_agent = facts
+        .user_agent
+        .as_deref()
+        .map(|ua| bounded(ua, MAX_USER_AGENT, "userAgent", &mut cut).into_owned());
+    if !cut.is_empty() {
+        annotations.insert(TRUNCATED_ANNOTATION.into(), cut.join(","));
+    }
     Event {
         audit_id: facts.audit_id.clone(),
         stage,
-        request_uri: facts.request_uri.clone(),
+        request_uri: request_uri.into_owned(),
         verb,
         user: identity.map(|i| UserInfo {
             username: i.username.clone(),
@@ -80,7 +139,7 @@ pub fn event(
             extra: f.extra.clone(),
         }),
         source_ips: vec![facts.source_ip.clone()],
-        user_agent: facts.user_agent.clone(),
+        user_agent,
         object_ref,
         response_code: code,
         request_received: facts.received,
@@ -252,5 +311,188 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use kubegate_policy::{NonResourceAttributes, ResourceAttributes};
+
+    use super::*;
+
+    fn facts(uri: &str, ua: Option<&str>) -> Facts {
+        Facts {
+            audit_id: AuditId::new(),
+            received: SystemTime::now(),
+            request_uri: uri.into(),
+            source_ip: "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".into(),
+            user_agent: ua.map(str::to_string),
+        }
+    }
+
+    fn refusal(facts: &Facts, attributes: Option<&RequestAttributes>) -> Event {
+        let annotations = BTreeMap::from([
+            ("kubegate.io/decision".to_string(), "none".to_string()),
+            (
+                "kubegate.io/latency".to_string(),
+                "123456.789ms".to_string(),
+            ),
+        ]);
+        event(
+            facts,
+            Stage::ResponseComplete,
+            attributes,
+            None,
+            None,
+            401,
+            annotations,
+        )
+    }
+
+    fn cut(value: &str, max: usize) -> (String, bool) {
+        let mut fields = Vec::new();
+        let out = bounded(value, max, "f", &mut fields).into_owned();
+        (out, !fields.is_empty())
+    }
+
+    #[test]
+    fn fields_are_kept_up_to_their_bound_and_cut_past_it() {
+        let at = "a".repeat(MAX_USER_AGENT);
+        assert_eq!(cut(&at, MAX_USER_AGENT), (at.clone(), false));
+        let over = format!("{at}b");
+        assert_eq!(
+            cut(&over, MAX_USER_AGENT),
+            (format!("{at}...TRUNCATED"), true)
+        );
+        assert_eq!(cut("", 4), (String::new(), false));
+        // The API server's suffix, after exactly the bound's bytes.
+        assert_eq!(TRUNCATED_SUFFIX, "...TRUNCATED");
+        assert_eq!(cut("abcdef", 4), ("abcd...TRUNCATED".into(), true));
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        // "é" is two bytes, "€" three, "😀" four: the cut backs off to the character start.
+        assert_eq!(cut("abcé", 4), ("abc...TRUNCATED".into(), true));
+        assert_eq!(cut("abcé", 5), ("abcé".into(), false));
+        assert_eq!(cut("ab€x", 3), ("ab...TRUNCATED".into(), true));
+        assert_eq!(cut("ab€x", 4), ("ab...TRUNCATED".into(), true));
+        assert_eq!(cut("ab€x", 5), ("ab€...TRUNCATED".into(), true));
+        assert_eq!(cut("😀😀", 7), ("😀...TRUNCATED".into(), true));
+        assert_eq!(cut("😀", 3), ("...TRUNCATED".into(), true));
+        for max in 0..40 {
+            let (out, was_cut) = cut("é€😀aé€😀a", max);
+            assert!(out.len() <= max + TRUNCATED_SUFFIX.len(), "{max}: {out}");
+            assert!(was_cut == ("é€😀aé€😀a".len() > max));
+        }
+    }
+
+    #[test]
+    fn every_record_is_bounded_and_says_what_was_cut() {
+        let uri = format!(
+            "/api/v1/namespaces/dev/pods?labelSelector={}",
+            "x".repeat(70_000)
+        );
+        let ua = "u".repeat(400_000);
+        let f = facts(&uri, Some(&ua));
+        let e = refusal(&f, None);
+        assert_eq!(
+            e.request_uri.len(),
+            MAX_REQUEST_URI + TRUNCATED_SUFFIX.len()
+        );
+        assert!(
+            e.request_uri
+                .starts_with("/api/v1/namespaces/dev/pods?labelSelector=xx")
+        );
+        assert!(e.request_uri.ends_with("x...TRUNCATED"));
+        assert_eq!(
+            e.user_agent.as_deref(),
+            Some(format!("{}...TRUNCATED", &ua[..MAX_USER_AGENT]).as_str())
+        );
+        assert_eq!(e.annotations[TRUNCATED_ANNOTATION], "requestURI,userAgent");
+        assert_eq!(e.annotations["kubegate.io/decision"], "none", "kept");
+
+        // A request within the bounds is recorded as sent, and not marked.
+        let f = facts(
+            "/api/v1/namespaces/dev/pods?limit=5",
+            Some("kubectl/v1.34.0"),
+        );
+        let e = refusal(&f, None);
+        assert_eq!(e.request_uri, "/api/v1/namespaces/dev/pods?limit=5");
+        assert_eq!(e.user_agent.as_deref(), Some("kubectl/v1.34.0"));
+        assert!(!e.annotations.contains_key(TRUNCATED_ANNOTATION));
+        let e = refusal(&facts(&"/".repeat(MAX_REQUEST_URI), None), None);
+        assert_eq!(e.request_uri.len(), MAX_REQUEST_URI);
+        assert_eq!(e.user_agent, None);
+        assert!(!e.annotations.contains_key(TRUNCATED_ANNOTATION));
+    }
+
+    #[test]
+    fn attributes_from_a_long_path_are_cut_too() {
+        let long = "n".repeat(MAX_ATTRIBUTE + 1);
+        let resource = RequestAttributes::Resource(ResourceAttributes {
+            verb: "get".into(),
+            api_version: "v1".into(),
+            namespace: "dev".into(),
+            resource: "pods".into(),
+            name: long.clone(),
+            ..ResourceAttributes::default()
+        });
+        let e = refusal(&facts("/api", None), Some(&resource));
+        let object = e.object_ref.expect("object ref");
+        assert_eq!(
+            object.name,
+            format!("{}...TRUNCATED", &long[..MAX_ATTRIBUTE])
+        );
+        assert_eq!(object.namespace, "dev");
+        assert_eq!(e.verb, "get");
+        assert_eq!(e.annotations[TRUNCATED_ANNOTATION], "objectRef.name");
+        let odd = RequestAttributes::NonResource(NonResourceAttributes {
+            verb: long.clone(),
+            path: "/x".into(),
+        });
+        let e = refusal(&facts("/x", None), Some(&odd));
+        assert_eq!(e.verb.len(), MAX_ATTRIBUTE + TRUNCATED_SUFFIX.len());
+        assert_eq!(e.annotations[TRUNCATED_ANNOTATION], "verb");
+    }
+
+    /// The record of a refusal whose every client-controlled field is at its bound and made
+    /// of the character JSON escapes to two bytes.
+    pub(crate) fn largest_refusal() -> Event {
+        let huge = "\"".repeat(100_000);
+        let attributes = RequestAttributes::Resource(ResourceAttributes {
+            verb: huge.clone(),
+            api_group: huge.clone(),
+            api_version: huge.clone(),
+            namespace: huge.clone(),
+            resource: huge.clone(),
+            subresource: huge.clone(),
+            name: huge.clone(),
+            ..ResourceAttributes::default()
+        });
+        refusal(&facts(&huge, Some(&huge)), Some(&attributes))
+    }
+
+    #[test]
+    fn the_largest_record_without_an_identity_fits_its_documented_bound() {
+        let e = largest_refusal();
+        let mut line = serde_json::to_vec(&e).unwrap();
+        line.push(b'\n');
+        assert!(
+            line.len() <= MAX_RECORD_WITHOUT_IDENTITY,
+            "{} bytes",
+            line.len()
+        );
+        // And the bound is not loose by much: the fields alone take most of it.
+        assert!(
+            line.len() > MAX_RECORD_WITHOUT_IDENTITY * 3 / 4,
+            "{}",
+            line.len()
+        );
+        assert_eq!(
+            e.annotations[TRUNCATED_ANNOTATION],
+            "verb,objectRef.resource,objectRef.namespace,objectRef.name,objectRef.apiGroup,\
+             objectRef.apiVersion,objectRef.subresource,requestURI,userAgent"
+        );
     }
 }

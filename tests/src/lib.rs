@@ -690,3 +690,24 @@ pub fn audit_stages_in(dir: &Path, id: &str) -> Vec<String> {
         .map(|r| r["stage"].as_str().expect("stage").to_string())
         .collect()
 }
+
+/// Every line of the audit trail in `dir`, oldest first: the rotated backups
+/// (`audit.log.N` ... `audit.log.1`) and then `audit.log`.
+pub fn audit_trail_lines_in(dir: &Path) -> Vec<String> {
+    let backups = (1..)
+        .map(|i| dir.join(format!("audit.log.{i}")))
+        .take_while(|p| p.exists())
+        .collect::<Vec<_>>();
+    backups
+        .iter()
+        .rev()
+        .chain(std::iter::once(&dir.join("audit.log")))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -10,11 +10,17 @@
 //! logged with tracing and counted in [`RECORDS_LOST`] — never silently. Log messages name
 //! the audit ID at most, never a record's contents.
 //!
+//! Refusals the gateway answers itself before any policy decision (a bad path, a 401) or
+//! by admission (a 429) go through [`AuditLog::record_refusal`] instead, which writes
+//! the first per client and second in full and folds the rest into one summary record
+//! ([`summary`]), so a flood of them cannot rotate other records out of the file.
+//!
 //! Lifecycle: [`AuditLog::start`] inside a tokio runtime, clone the handle freely, call
-//! [`AuditLog::close`] once at shutdown. `close` stops every clone from accepting records,
-//! writes everything already queued, flushes and fsyncs. Dropping every clone without
-//! `close` also drains the queue, but nobody learns whether the final fsync worked, and a
-//! runtime that shuts down first cancels the writer.
+//! [`AuditLog::close`] once at shutdown. `close` writes the summaries of open windows,
+//! stops every clone from accepting records, writes everything already queued, flushes
+//! and fsyncs. Dropping every clone without `close` also drains the queue (but not the
+//! open summary windows), and nobody learns whether the final fsync worked; a runtime that
+//! shuts down first cancels the writer.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +34,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use serde::{Serialize, Serializer};
 use tokio::sync::{Semaphore, mpsc, watch};
+
+pub mod summary;
+
+pub use summary::{RECORDS_SUMMARISED, SummaryKey};
 
 /// Gauge: records handed to [`AuditLog::record`] and not yet written or given up on
 /// (queued, in the writer's hands, or waiting for queue space).
@@ -49,6 +59,7 @@ pub fn describe_metrics() {
         "Failed audit log writes, flushes and rotations."
     );
     describe_counter!(RECORDS_LOST, "Audit records that could not be written.");
+    summary::describe_metrics();
 }
 
 /// Records per write: the writer drains at most this many queued records into one buffer.
@@ -390,6 +401,8 @@ struct Inner {
     counts: Arc<Counts>,
     /// The writer's final outcome, published once when it finishes.
     done: watch::Receiver<Option<Outcome>>,
+    /// Open windows of refusals being counted (summary.rs).
+    summaries: summary::Summaries,
 }
 
 #[derive(Default)]
@@ -476,15 +489,19 @@ impl AuditLog {
             gate,
         };
         runtime.spawn(writer.run());
-        Ok(AuditLog {
-            inner: Arc::new(Inner {
-                tx,
-                runtime,
-                closing: AtomicBool::new(false),
-                counts,
-                done: done_rx,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            tx,
+            runtime,
+            closing: AtomicBool::new(false),
+            counts,
+            done: done_rx,
+            summaries: summary::Summaries::new(summary::WINDOW, summary::MAX_KEYS),
+        });
+        inner.runtime.spawn(summary::sweep_periodically(
+            Arc::downgrade(&inner),
+            summary::WINDOW,
+        ));
+        Ok(AuditLog { inner })
     }
 
     /// Serializes `event` here and queues it for the writer. When the queue is full this
@@ -527,14 +544,17 @@ impl AuditLog {
         });
     }
 
-    /// Stops every clone from accepting records, writes everything already queued, flushes
-    /// stdout, fsyncs the file and waits for the writer to finish.
+    /// Writes the summaries of every open window of refusals, stops every clone from
+    /// accepting records, writes everything already queued, flushes stdout, fsyncs the file
+    /// and waits for the writer to finish.
     ///
     /// Returns the writer's outcome: an error if the final flush or fsync failed or if any
     /// record was lost before the writer finished. Safe to call on several clones: each
     /// call waits for the same writer and returns the same outcome. `record` calls that
     /// start after `close` are refused and counted as lost.
     pub async fn close(self) -> io::Result<()> {
+        // From here on refusals are written in full, so none is counted and then lost.
+        self.drain_summaries().await;
         self.inner.closing.store(true, Ordering::Release);
         // Queued behind the records already sent; Err means the writer already closed.
         let _ = self.inner.tx.send(Msg::Close).await;
@@ -550,6 +570,11 @@ impl AuditLog {
                 "the audit writer stopped before finishing",
             )),
         }
+    }
+
+    /// Whether `close` has begun on some clone.
+    fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
     }
 
     /// Records written to every configured sink so far.
@@ -1096,14 +1121,14 @@ mod tests {
         format!("/api/v1/namespaces/dev/pods/p-{i}")
     }
 
-    fn numbered(i: usize) -> Event {
+    pub(super) fn numbered(i: usize) -> Event {
         let mut event = full_event();
         event.audit_id = AuditId::new();
         event.request_uri = numbered_uri(i);
         event
     }
 
-    fn config(file: &Path, queue_size: usize) -> AuditConfig {
+    pub(super) fn config(file: &Path, queue_size: usize) -> AuditConfig {
         AuditConfig {
             stdout: false,
             file: Some(file.to_path_buf()),
@@ -1114,7 +1139,7 @@ mod tests {
     }
 
     /// Every line of `path`, each checked to be one JSON object.
-    fn lines(path: &Path) -> Vec<Value> {
+    pub(super) fn lines(path: &Path) -> Vec<Value> {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(
             text.is_empty() || text.ends_with('\n'),
@@ -1645,6 +1670,7 @@ mod tests {
         let log = AuditLog::start(config(&dir.path().join("audit.log"), 4)).unwrap();
         let event = minimal_event();
         send(&log.record(&event));
+        send(&log.record_refusal(SummaryKey::Address("192.0.2.1".into()), &event));
         send(&log.clone().close());
     }
 
