@@ -105,6 +105,9 @@ pub enum AuthError {
     /// A required claim is missing or malformed; the text names the claim, never its value.
     #[error("the token's claims are not acceptable: {0}")]
     Claims(String),
+    /// The request relies on a client certificate that names no one.
+    #[error("{0}")]
+    Certificate(crate::tls::UnreadableCert),
 }
 
 impl AuthError {
@@ -121,6 +124,7 @@ impl AuthError {
             AuthError::NotYetValid | AuthError::IssuedInFuture => "not_yet_valid",
             AuthError::Audience => "audience",
             AuthError::Claims(_) => "claims",
+            AuthError::Certificate(_) => "certificate",
         }
     }
 }
@@ -167,7 +171,7 @@ impl Authenticator {
     pub fn authenticate_cached(
         &self,
         headers: &HeaderMap,
-        client_cert: Option<&crate::tls::CertIdentity>,
+        client_cert: Option<&crate::tls::ClientCert>,
     ) -> Option<Result<Arc<Identity>, AuthError>> {
         if !headers.contains_key(AUTHORIZATION)
             && let Some(cert) = client_cert
@@ -215,7 +219,7 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
-        client_cert: Option<&crate::tls::CertIdentity>,
+        client_cert: Option<&crate::tls::ClientCert>,
     ) -> Result<Arc<Identity>, AuthError> {
         match self.authenticate_cached(headers, client_cert) {
             Some(result) => result,
@@ -224,8 +228,13 @@ impl Authenticator {
     }
 }
 
-/// A client certificate's identity, under the same reserved-name rule as tokens.
-fn certificate_identity(cert: &crate::tls::CertIdentity) -> Result<Identity, AuthError> {
+/// A client certificate's identity, under the same reserved-name rule as tokens. An
+/// unreadable certificate is refused with its reason, never mapped to a partial identity.
+fn certificate_identity(cert: &crate::tls::ClientCert) -> Result<Identity, AuthError> {
+    let cert = match cert {
+        crate::tls::ClientCert::Identity(identity) => identity,
+        crate::tls::ClientCert::Unreadable(reason) => return Err(AuthError::Certificate(*reason)),
+    };
     let reserved = |n: &str| n.starts_with("system:");
     if reserved(&cert.username) || cert.groups.iter().any(|g| reserved(g)) {
         return Err(AuthError::Claims(
@@ -300,6 +309,30 @@ mod tests {
             bearer_token(&headers(&[&long])),
             Err(AuthError::MalformedToken)
         );
+    }
+
+    fn cert(username: &str, groups: &[&str]) -> crate::tls::ClientCert {
+        crate::tls::ClientCert::Identity(crate::tls::CertIdentity {
+            username: username.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_refused_with_its_reason() {
+        use crate::tls::{ClientCert, UnreadableCert};
+        let err =
+            certificate_identity(&ClientCert::Unreadable(UnreadableCert::Undecodable)).unwrap_err();
+        assert_eq!(err, AuthError::Certificate(UnreadableCert::Undecodable));
+        assert!(
+            err.to_string()
+                .starts_with("the client certificate's subject cannot be read"),
+            "{err}"
+        );
+        let alice = certificate_identity(&cert("alice", &["devs", "ops"])).unwrap();
+        assert_eq!(alice.username, "alice");
+        assert_eq!(alice.groups, vec!["devs", "ops"]);
+        assert!(certificate_identity(&cert("alice", &["system:masters"])).is_err());
     }
 
     #[test]
