@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::authn::websocket;
 use crate::error::GatewayError;
 
 /// Headers that describe one hop of the connection, never the request (RFC 9110 §7.6.1),
@@ -61,6 +62,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// hop-by-hop header.
 pub fn sanitize_request(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
+    strip_bearer_protocols(headers);
     for name in &GATEWAY_OWNED {
         headers.remove(name);
     }
@@ -76,6 +78,38 @@ pub fn sanitize_request(headers: &mut HeaderMap) {
         .collect();
     for name in identity {
         headers.remove(name);
+    }
+}
+
+/// Removes the API server's WebSocket credential (`base64url.bearer.authorization.k8s.io.`
+/// sub-protocols) from `Sec-WebSocket-Protocol`, on every request whether or not it was
+/// read as the credential: the upstream must only ever see the gateway's. The other
+/// sub-protocols go on in order, on one line; with none left the header goes.
+fn strip_bearer_protocols(headers: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .cloned()
+        .collect();
+    let entries = || {
+        values
+            .iter()
+            .flat_map(|v| websocket::protocol_entries(v.as_bytes()))
+    };
+    if !entries().any(websocket::carries_bearer) {
+        return;
+    }
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    let kept: Vec<&[u8]> = entries()
+        .filter(|e| !e.is_empty() && !websocket::carries_bearer(e))
+        .collect();
+    if kept.is_empty() {
+        return;
+    }
+    // Pieces of valid header values joined by ", " are a valid header value; should that
+    // ever fail, the header stays removed.
+    if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b", "[..])) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
 }
 
@@ -191,6 +225,84 @@ mod tests {
         sanitize_request(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["accept", "user-agent"]);
+    }
+
+    fn protocols(h: &HeaderMap) -> Vec<&str> {
+        h.get_all("sec-websocket-protocol")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_websocket_bearer_protocol_never_survives() {
+        let bearer = "base64url.bearer.authorization.k8s.io.dG9rZW4";
+        for lines in [
+            vec![format!("v5.channel.k8s.io, {bearer}, v4.channel.k8s.io")],
+            vec![
+                format!("v5.channel.k8s.io,{bearer}"),
+                "v4.channel.k8s.io".into(),
+            ],
+            vec![
+                "v5.channel.k8s.io".into(),
+                format!(" {bearer} "),
+                format!("v4.channel.k8s.io ,{}", bearer.to_uppercase()),
+            ],
+        ] {
+            let pairs: Vec<(&str, &str)> = lines
+                .iter()
+                .map(|l| ("Sec-WebSocket-Protocol", l.as_str()))
+                .collect();
+            let mut h = map(&pairs);
+            sanitize_request(&mut h);
+            let left = protocols(&h).join(",");
+            assert!(!left.to_lowercase().contains("bearer"), "{lines:?}: {left}");
+            assert!(left.starts_with("v5.channel.k8s.io"), "order kept: {left}");
+        }
+        // Go trims U+00A0 too, so the API server would read this entry as a token.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_bytes(format!("v5.channel.k8s.io,\u{a0}{bearer}").as_bytes())
+                .unwrap(),
+        );
+        sanitize_request(&mut h);
+        assert_eq!(protocols(&h), vec!["v5.channel.k8s.io"]);
+        let mut h = map(&[(
+            "Sec-WebSocket-Protocol",
+            "v5.channel.k8s.io, base64url.bearer.authorization.k8s.io.x, v4.channel.k8s.io",
+        )]);
+        sanitize_request(&mut h);
+        assert_eq!(protocols(&h), vec!["v5.channel.k8s.io, v4.channel.k8s.io"]);
+    }
+
+    #[test]
+    fn a_lone_bearer_protocol_takes_the_header_with_it() {
+        let mut h = map(&[
+            (
+                "Sec-WebSocket-Protocol",
+                "base64url.bearer.authorization.k8s.io.x",
+            ),
+            ("Sec-WebSocket-Protocol", " , "),
+        ]);
+        sanitize_request(&mut h);
+        assert!(!h.contains_key("sec-websocket-protocol"));
+    }
+
+    #[test]
+    fn protocols_without_a_bearer_entry_pass_as_sent() {
+        let mut h = map(&[
+            (
+                "Sec-WebSocket-Protocol",
+                "v5.channel.k8s.io,  v4.channel.k8s.io",
+            ),
+            ("Sec-WebSocket-Protocol", "channel.k8s.io"),
+        ]);
+        sanitize_request(&mut h);
+        assert_eq!(
+            protocols(&h),
+            vec!["v5.channel.k8s.io,  v4.channel.k8s.io", "channel.k8s.io"]
+        );
     }
 
     #[test]

@@ -32,8 +32,9 @@ use tracing::{debug, info, warn};
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
-    /// The identity of the client certificate rustls verified, if one was presented.
-    pub client_cert: Option<Arc<crate::tls::CertIdentity>>,
+    /// What the client certificate rustls verified says (an identity, or why it names
+    /// no one); `None` when no certificate was presented.
+    pub client_cert: Option<Arc<crate::tls::ClientCert>>,
 }
 
 /// Connection-level settings.
@@ -291,8 +292,7 @@ async fn serve_connection(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|leaf| crate::tls::cert_identity(leaf))
-        .map(Arc::new);
+        .map(|leaf| Arc::new(crate::tls::client_cert(leaf)));
     let conn_info = ConnInfo { peer, client_cert };
     let app = connections.app.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {

@@ -38,35 +38,121 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// What a verified client certificate says about its holder, read once per connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCert {
+    /// The subject, read as the API server reads it.
+    Identity(CertIdentity),
+    /// rustls verified the chain, but the subject cannot be read as the API server would
+    /// read it: the certificate names no one, and a request relying on it is refused
+    /// (never given an identity with fewer groups).
+    Unreadable(UnreadableCert),
+}
+
 /// The identity a verified client certificate asserts, by the Kubernetes convention:
-/// subject CN is the username, each subject O a group.
+/// the subject's (last) CN is the username, each subject O a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertIdentity {
     /// The subject's common name.
     pub username: String,
-    /// The subject's organizations.
+    /// The subject's organizations, in order.
     pub groups: Vec<String>,
 }
 
-/// Reads the identity from a verified client certificate (DER). `None` when it has no
-/// usable CN: such a certificate authenticates no one.
-pub fn cert_identity(der: &[u8]) -> Option<CertIdentity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let username = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    if username.is_empty() {
+/// Why a client certificate names no one. Display strings are safe to show the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnreadableCert {
+    /// The certificate does not parse.
+    #[error("the client certificate's subject cannot be read: the certificate does not parse")]
+    Malformed,
+    /// A subject attribute is not a string Go's crypto/x509 decodes; the API server
+    /// refuses such a certificate outright.
+    #[error(
+        "the client certificate's subject cannot be read: an attribute is not a string type the API server accepts"
+    )]
+    Undecodable,
+    /// No CN, or the last CN is empty: the API server authenticates no one by it.
+    #[error("the client certificate's subject has no common name")]
+    NoCommonName,
+}
+
+/// Reads a verified client certificate (DER) the way the API server does: Go's
+/// `pkix.Name` keeps the last CN and every O in order, and Go refuses the whole
+/// certificate when any subject attribute is not a string type it decodes.
+pub fn client_cert(der: &[u8]) -> ClientCert {
+    match cert_identity(der) {
+        Ok(identity) => ClientCert::Identity(identity),
+        Err(reason) => ClientCert::Unreadable(reason),
+    }
+}
+
+fn cert_identity(der: &[u8]) -> Result<CertIdentity, UnreadableCert> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| UnreadableCert::Malformed)?;
+    let mut username = None;
+    let mut groups = Vec::new();
+    for attribute in cert.subject().iter_attributes() {
+        let value = go_string(attribute.attr_value()).ok_or(UnreadableCert::Undecodable)?;
+        let kind = attribute.attr_type();
+        if *kind == x509_parser::oid_registry::OID_X509_COMMON_NAME {
+            username = Some(value);
+        } else if *kind == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
+            groups.push(value);
+        }
+    }
+    match username {
+        Some(username) if !username.is_empty() => Ok(CertIdentity { username, groups }),
+        _ => Err(UnreadableCert::NoCommonName),
+    }
+}
+
+/// An attribute value as Go's crypto/x509 `parseASN1String` reads it, or `None` where Go
+/// refuses it. x509-parser's `as_str` neither decodes T61String and BMPString nor checks
+/// that a PrintableString or IA5String holds only its own characters, so this does.
+fn go_string(value: &x509_parser::asn1_rs::Any<'_>) -> Option<String> {
+    use x509_parser::asn1_rs::{Class, Tag};
+    if value.header.class() != Class::Universal || value.header.is_constructed() {
         return None;
     }
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    Some(CertIdentity { username, groups })
+    let data = value.data;
+    let ascii = |ok: fn(u8) -> bool| {
+        data.iter()
+            .all(|&b| ok(b))
+            .then(|| data.iter().map(|&b| char::from(b)).collect())
+    };
+    match value.header.tag() {
+        // T.61 is read as Latin-1, as Go (and BoringSSL) do.
+        Tag::T61String => Some(data.iter().map(|&b| char::from(b)).collect()),
+        Tag::PrintableString => ascii(go_printable),
+        Tag::Utf8String => std::str::from_utf8(data).ok().map(str::to_string),
+        Tag::BmpString => bmp_string(data),
+        Tag::Ia5String => ascii(|b| b.is_ascii()),
+        Tag::NumericString => ascii(|b| b.is_ascii_digit() || b == b' '),
+        _ => None,
+    }
+}
+
+/// Go's PrintableString set, which admits `*` and `&` because real certificates use them.
+fn go_printable(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b" '()+,-./:=?*&".contains(&b)
+}
+
+/// UTF-16BE without surrogates or noncharacters, a trailing NUL dropped, as Go reads it.
+fn bmp_string(data: &[u8]) -> Option<String> {
+    if !data.len().is_multiple_of(2) {
+        return None;
+    }
+    let data = data.strip_suffix(&[0, 0]).unwrap_or(data);
+    data.chunks_exact(2)
+        .map(|pair| {
+            let unit = u16::from_be_bytes([pair[0], pair[1]]);
+            let refused = matches!(unit, 0xfffe | 0xffff | 0xfdd0..=0xfdef | 0xd800..=0xdfff);
+            // Without surrogates every unit is one scalar value.
+            (!refused)
+                .then(|| char::from_u32(u32::from(unit)))
+                .flatten()
+        })
+        .collect()
 }
 
 /// The process's one crypto provider.
@@ -181,4 +267,103 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::asn1_rs::{Any, Class, Tag};
+
+    /// The checked-in certificates (gateway/tests/data/client-certs/make-certs.sh).
+    fn der(pem: &[u8]) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem).unwrap().to_vec()
+    }
+
+    fn identity(username: &str, groups: &[&str]) -> ClientCert {
+        ClientCert::Identity(CertIdentity {
+            username: username.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn the_last_cn_is_the_user_and_every_o_a_group() {
+        // Subject CN=bob, O=devs, CN=alice, O=ops: Go's pkix.Name keeps the last CN.
+        let cert = der(include_bytes!("../tests/data/client-certs/two-cns.pem"));
+        assert_eq!(client_cert(&cert), identity("alice", &["devs", "ops"]));
+    }
+
+    #[test]
+    fn bmp_and_t61_strings_are_decoded_as_go_decodes_them() {
+        let bmp = der(include_bytes!("../tests/data/client-certs/bmp.pem"));
+        assert_eq!(client_cert(&bmp), identity("dave", &["devs", "team_bmp"]));
+        let t61 = der(include_bytes!("../tests/data/client-certs/t61.pem"));
+        assert_eq!(client_cert(&t61), identity("tess", &["team_t61"]));
+    }
+
+    #[test]
+    fn a_string_type_go_cannot_read_makes_the_certificate_unreadable() {
+        // O=ops as a UniversalString: no group may silently go missing.
+        let cert = der(include_bytes!("../tests/data/client-certs/universal.pem"));
+        assert_eq!(
+            client_cert(&cert),
+            ClientCert::Unreadable(UnreadableCert::Undecodable)
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let mut cert = der(include_bytes!("../tests/data/client-certs/two-cns.pem"));
+        cert.truncate(cert.len() / 2);
+        assert_eq!(
+            client_cert(&cert),
+            ClientCert::Unreadable(UnreadableCert::Malformed)
+        );
+        assert_eq!(
+            client_cert(b"not a certificate"),
+            ClientCert::Unreadable(UnreadableCert::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_subject_without_a_cn_names_no_one() {
+        let cert = der(include_bytes!("../tests/data/client-certs/no-cn.pem"));
+        assert_eq!(
+            client_cert(&cert),
+            ClientCert::Unreadable(UnreadableCert::NoCommonName)
+        );
+    }
+
+    fn read(tag: Tag, data: &[u8]) -> Option<String> {
+        go_string(&Any::from_tag_and_data(tag, data))
+    }
+
+    #[test]
+    fn string_types_follow_go() {
+        assert_eq!(read(Tag::PrintableString, b"a-b *&"), Some("a-b *&".into()));
+        assert_eq!(read(Tag::PrintableString, b"a_b"), None);
+        assert_eq!(read(Tag::Ia5String, b"a_b@c"), Some("a_b@c".into()));
+        assert_eq!(read(Tag::Ia5String, "é".as_bytes()), None);
+        assert_eq!(read(Tag::Utf8String, "é".as_bytes()), Some("é".into()));
+        assert_eq!(read(Tag::Utf8String, &[0xff]), None);
+        assert_eq!(read(Tag::T61String, &[b'a', 0xe9]), Some("aé".into()));
+        assert_eq!(read(Tag::NumericString, b"12 3"), Some("12 3".into()));
+        assert_eq!(read(Tag::NumericString, b"12a"), None);
+        assert_eq!(
+            read(Tag::BmpString, &[0, b'o', 0, b'k', 0, 0]),
+            Some("ok".into())
+        );
+        assert_eq!(read(Tag::BmpString, &[0, b'o', 0]), None, "odd length");
+        assert_eq!(
+            read(Tag::BmpString, &[0xd8, 0x3d, 0xde, 0x00]),
+            None,
+            "surrogates"
+        );
+        assert_eq!(read(Tag::BmpString, &[0xff, 0xfe]), None, "noncharacter");
+        assert_eq!(read(Tag::UniversalString, &[0, 0, 0, b'a']), None);
+        assert_eq!(read(Tag::OctetString, b"a"), None);
+        let context =
+            Any::from_tag_and_data(Tag::Utf8String, b"a").with_class(Class::ContextSpecific);
+        assert_eq!(go_string(&context), None);
+    }
 }

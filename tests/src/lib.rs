@@ -520,6 +520,86 @@ pub async fn collect(
     }
 }
 
+/// A response read off a raw connection by [`read_raw_response`], for tests that speak
+/// HTTP/1.1 by hand (upgrades, headers a client library would not send).
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names lower-case, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty for a 101: what follows its head is the new protocol's).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Every value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Reads one HTTP/1.1 response, its body by Content-Length or chunked; within 10 s.
+pub async fn read_raw_response<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> RawResponse {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(Duration::from_secs(10), conn.read_u8())
+            .await
+            .expect("a response within 10 s")
+            .expect("a response head");
+        head.push(byte);
+    }
+    let head = String::from_utf8(head).expect("a UTF-8 head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut response = RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if status == 101 {
+        return response;
+    }
+    if let Some(length) = response.header("content-length").first() {
+        let mut body = vec![0; length.parse().expect("a length")];
+        conn.read_exact(&mut body).await.expect("the body");
+        response.body = body;
+    } else if response.header("transfer-encoding") == ["chunked"] {
+        loop {
+            let mut size_line = Vec::new();
+            while !size_line.ends_with(b"\r\n") {
+                size_line.push(conn.read_u8().await.expect("a chunk size"));
+            }
+            let size = std::str::from_utf8(&size_line)
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+                .expect("a hex chunk size");
+            let mut chunk = vec![0; size + 2];
+            conn.read_exact(&mut chunk).await.expect("a chunk");
+            if size == 0 {
+                break;
+            }
+            response.body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    response
+}
+
 /// Waits until `condition` holds, checking every 20 ms for at most 10 s; panics naming
 /// `what` otherwise. For effects that land in another task (an audit record, a gauge).
 pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {

@@ -1,5 +1,6 @@
-//! Client-certificate authentication: CN is the username, O the groups; a bearer token
-//! takes precedence; a certificate from another CA fails the handshake.
+//! Client-certificate authentication: the last CN is the username, every O a group, read
+//! as the API server reads them; a certificate whose subject cannot be read so is refused;
+//! a bearer token takes precedence; a certificate from another CA fails the handshake.
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -132,4 +133,83 @@ async fn reserved_names_in_certificates_are_refused() {
     let (status, _) = get(&gw, &masters, "/version", None).await.unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(gw.sandbox.request_count(), 0);
+}
+
+/// The checked-in certificates (gateway/tests/data/client-certs/make-certs.sh), whose
+/// subjects use what rcgen cannot write: repeated CNs and other string types.
+mod checked_in {
+    macro_rules! data {
+        ($name:literal) => {
+            include_str!(concat!("../../gateway/tests/data/client-certs/", $name))
+        };
+    }
+    pub const CA: &str = data!("ca.pem");
+    pub const TWO_CNS: (&str, &str) = (data!("two-cns.pem"), data!("two-cns.key"));
+    pub const BMP: (&str, &str) = (data!("bmp.pem"), data!("bmp.key"));
+    pub const UNIVERSAL: (&str, &str) = (data!("universal.pem"), data!("universal.key"));
+}
+
+async fn checked_in_gateway() -> TestGateway {
+    TestGateway::start_with(GatewayOptions {
+        client_ca_pem: Some(checked_in::CA.to_string()),
+        ..GatewayOptions::default()
+    })
+    .await
+}
+
+fn owned((cert, key): (&str, &str)) -> (String, String) {
+    (cert.to_string(), key.to_string())
+}
+
+#[tokio::test]
+async fn a_certificate_with_two_cns_maps_like_the_api_servers() {
+    let gw = checked_in_gateway().await;
+    for (cert, user, groups) in [
+        // Subject CN=bob, O=devs, CN=alice, O=ops: Go keeps the last CN, every O in order.
+        (checked_in::TWO_CNS, "alice", ["devs", "ops"]),
+        // O=team_bmp is a BMPString (UTF-16BE), a group like any other.
+        (checked_in::BMP, "dave", ["devs", "team_bmp"]),
+    ] {
+        let (status, body) = get(&gw, &owned(cert), "/api/v1/namespaces/dev/pods", None)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        let seen = gw.sandbox.requests();
+        let last = seen.last().unwrap();
+        assert_eq!(last.impersonate_user(), Some(user));
+        assert_eq!(last.impersonate_groups(), groups);
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_whose_subject_cannot_be_read_is_refused() {
+    let gw = checked_in_gateway().await;
+    // O=ops is a UniversalString, which Go cannot read: never "erin in devs" alone.
+    let (status, body) = get(
+        &gw,
+        &owned(checked_in::UNIVERSAL),
+        "/api/v1/namespaces/dev/pods",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("the client certificate's subject cannot be read"),
+        "{message}"
+    );
+    assert_eq!(gw.sandbox.request_count(), 0);
+    // A bearer token still takes precedence over the unreadable certificate.
+    let alice = gw.issuer.token("alice", &["devs"]);
+    let (status, _) = get(
+        &gw,
+        &owned(checked_in::UNIVERSAL),
+        "/api/v1/namespaces/dev/pods",
+        Some(&alice),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
 }

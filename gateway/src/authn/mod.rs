@@ -1,5 +1,8 @@
-//! Authentication: turns a request's bearer token into an [`Identity`], or refuses it.
+//! Authentication: turns a request's credential into an [`Identity`], or refuses it.
 //!
+//! A request presents one bearer token, in `Authorization` or (on a WebSocket upgrade) in
+//! the API server's `Sec-WebSocket-Protocol` form ([`websocket`]); presenting both is
+//! refused as ambiguous. Without a token, the verified client certificate speaks for it.
 //! Every token is verified against exactly one configured issuer, chosen by the token's
 //! `iss` (read unverified only for that choice); the issuer's own key set, algorithm
 //! allow-list and audiences then decide. Failures are sorted into a few categories the
@@ -10,7 +13,9 @@ mod cache;
 mod jwks;
 mod jwt;
 pub mod keys;
+pub(crate) mod websocket;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -75,6 +80,20 @@ pub enum AuthError {
     /// More than one `Authorization` header, or not a `Bearer` one.
     #[error("the Authorization header must be exactly one \"Bearer <token>\"")]
     MalformedHeader,
+    /// Both an `Authorization` header and a WebSocket protocol token, or two protocol
+    /// tokens: which one would a downstream component read?
+    #[error(
+        "the request carries more than one bearer token (Authorization and Sec-WebSocket-Protocol, or two protocol tokens); send exactly one"
+    )]
+    AmbiguousCredential,
+    /// The `base64url.bearer.authorization.k8s.io.` sub-protocol does not decode.
+    #[error(
+        "the bearer token in Sec-WebSocket-Protocol must be unpadded base64url of a UTF-8 token"
+    )]
+    MalformedProtocolToken,
+    /// A protocol token with no other sub-protocol for the server to choose.
+    #[error("a bearer token in Sec-WebSocket-Protocol needs another sub-protocol beside it")]
+    ProtocolTokenAlone,
     /// Not a well-formed JWT.
     #[error("the bearer token is not a well-formed JWT")]
     MalformedToken,
@@ -105,6 +124,9 @@ pub enum AuthError {
     /// A required claim is missing or malformed; the text names the claim, never its value.
     #[error("the token's claims are not acceptable: {0}")]
     Claims(String),
+    /// The request relies on a client certificate that names no one.
+    #[error("{0}")]
+    Certificate(crate::tls::UnreadableCert),
 }
 
 impl AuthError {
@@ -112,7 +134,11 @@ impl AuthError {
     pub fn category(&self) -> &'static str {
         match self {
             AuthError::MissingToken => "missing",
-            AuthError::MalformedHeader | AuthError::MalformedToken => "malformed",
+            AuthError::MalformedHeader
+            | AuthError::MalformedToken
+            | AuthError::MalformedProtocolToken
+            | AuthError::ProtocolTokenAlone => "malformed",
+            AuthError::AmbiguousCredential => "ambiguous",
             AuthError::UnknownIssuer => "issuer",
             AuthError::Algorithm => "algorithm",
             AuthError::Signature => "signature",
@@ -121,6 +147,7 @@ impl AuthError {
             AuthError::NotYetValid | AuthError::IssuedInFuture => "not_yet_valid",
             AuthError::Audience => "audience",
             AuthError::Claims(_) => "claims",
+            AuthError::Certificate(_) => "certificate",
         }
     }
 }
@@ -160,32 +187,32 @@ impl Authenticator {
         &self.issuers
     }
 
-    /// The identity when it costs no cryptography: a verified client certificate (when no
-    /// `Authorization` header was sent), or a token whose verdict is cached. `None` means
-    /// the token must be verified, or there is no usable credential: the per-address
-    /// budget pays for that before [`Authenticator::verify_token`] runs.
+    /// The identity when it costs no cryptography: the client certificate (when no token
+    /// was presented), or a token whose verdict is cached. `None` means the token must be
+    /// verified, or there is no usable credential: the per-address budget pays for that
+    /// before [`Authenticator::verify_token`] runs (and reports what was wrong).
     pub fn authenticate_cached(
         &self,
         headers: &HeaderMap,
-        client_cert: Option<&crate::tls::CertIdentity>,
+        client_cert: Option<&crate::tls::ClientCert>,
     ) -> Option<Result<Arc<Identity>, AuthError>> {
-        if !headers.contains_key(AUTHORIZATION)
-            && let Some(cert) = client_cert
-        {
-            return Some(certificate_identity(cert).map(Arc::new));
-        }
+        let token = match presented_token(headers) {
+            Ok(Some(token)) => token,
+            Ok(None) => return client_cert.map(|cert| certificate_identity(cert).map(Arc::new)),
+            Err(_) => return None,
+        };
         if !self.cache.enabled() {
             return None;
         }
-        let token = bearer_token(headers).ok()?;
         self.cache
-            .get(&cache::digest_of(token), |i| self.issuers[i].generation())
+            .get(&cache::digest_of(&token), |i| self.issuers[i].generation())
             .map(Ok)
     }
 
     /// Verifies the bearer token (signature, claims, mapping) and caches the verdict.
     pub async fn verify_token(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthError> {
-        let token = bearer_token(headers)?;
+        let token = presented_token(headers)?.ok_or(AuthError::MissingToken)?;
+        let token = token.as_ref();
         let issuer = jwt::unverified_issuer(token)?;
         let (index, verifier) = self
             .issuers
@@ -209,13 +236,13 @@ impl Authenticator {
         Ok(identity)
     }
 
-    /// Authenticates a request: by its bearer token when it sends an `Authorization`
-    /// header (a bad token is refused even if a certificate was presented: the client
-    /// asked to be judged by it), otherwise by the verified client certificate.
+    /// Authenticates a request: by its bearer token when it presents one (a bad token is
+    /// refused even if a certificate was presented: the client asked to be judged by it),
+    /// otherwise by the verified client certificate.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
-        client_cert: Option<&crate::tls::CertIdentity>,
+        client_cert: Option<&crate::tls::ClientCert>,
     ) -> Result<Arc<Identity>, AuthError> {
         match self.authenticate_cached(headers, client_cert) {
             Some(result) => result,
@@ -224,8 +251,13 @@ impl Authenticator {
     }
 }
 
-/// A client certificate's identity, under the same reserved-name rule as tokens.
-fn certificate_identity(cert: &crate::tls::CertIdentity) -> Result<Identity, AuthError> {
+/// A client certificate's identity, under the same reserved-name rule as tokens. An
+/// unreadable certificate is refused with its reason, never mapped to a partial identity.
+fn certificate_identity(cert: &crate::tls::ClientCert) -> Result<Identity, AuthError> {
+    let cert = match cert {
+        crate::tls::ClientCert::Identity(identity) => identity,
+        crate::tls::ClientCert::Unreadable(reason) => return Err(AuthError::Certificate(*reason)),
+    };
     let reserved = |n: &str| n.starts_with("system:");
     if reserved(&cert.username) || cert.groups.iter().any(|g| reserved(g)) {
         return Err(AuthError::Claims(
@@ -242,7 +274,19 @@ fn certificate_identity(cert: &crate::tls::CertIdentity) -> Result<Identity, Aut
     })
 }
 
-/// Extracts the one bearer token. Two `Authorization` headers are ambiguous (which one
+/// The one bearer token the request presents, wherever the API server would read it from;
+/// `None` when it presents none. A token in both places is refused, not picked from.
+fn presented_token(headers: &HeaderMap) -> Result<Option<Cow<'_, str>>, AuthError> {
+    let from_protocol = websocket::protocol_token(headers)?;
+    match (from_protocol, headers.contains_key(AUTHORIZATION)) {
+        (Some(_), true) => Err(AuthError::AmbiguousCredential),
+        (Some(token), false) => Ok(Some(Cow::Owned(token))),
+        (None, true) => bearer_token(headers).map(|t| Some(Cow::Borrowed(t))),
+        (None, false) => Ok(None),
+    }
+}
+
+/// Extracts the one `Authorization` bearer token. Two `Authorization` headers are ambiguous (which one
 /// would a downstream component read?), so they are refused rather than picked from.
 fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
@@ -300,6 +344,65 @@ mod tests {
             bearer_token(&headers(&[&long])),
             Err(AuthError::MalformedToken)
         );
+    }
+
+    /// A WebSocket upgrade offering `v5.channel.k8s.io` and a protocol token.
+    fn websocket_with_token(token_b64: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        let protocols = format!(
+            "v5.channel.k8s.io, {}{token_b64}",
+            websocket::BEARER_PROTOCOL_PREFIX
+        );
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&protocols).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn a_websocket_token_is_the_credential_unless_authorization_is_sent_too() {
+        // "dG9r" is base64url for "tok".
+        let h = websocket_with_token("dG9r");
+        assert_eq!(presented_token(&h), Ok(Some(Cow::Borrowed("tok"))));
+        let mut both = h.clone();
+        both.insert(AUTHORIZATION, HeaderValue::from_static("Bearer other"));
+        assert_eq!(presented_token(&both), Err(AuthError::AmbiguousCredential));
+        // An empty protocol token is no token: Authorization alone decides.
+        let mut empty = websocket_with_token("");
+        empty.insert(AUTHORIZATION, HeaderValue::from_static("Bearer other"));
+        assert_eq!(presented_token(&empty), Ok(Some(Cow::Borrowed("other"))));
+        assert_eq!(presented_token(&HeaderMap::new()), Ok(None));
+        assert_eq!(
+            presented_token(&websocket_with_token("dG9r=")),
+            Err(AuthError::MalformedProtocolToken)
+        );
+    }
+
+    fn cert(username: &str, groups: &[&str]) -> crate::tls::ClientCert {
+        crate::tls::ClientCert::Identity(crate::tls::CertIdentity {
+            username: username.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_refused_with_its_reason() {
+        use crate::tls::{ClientCert, UnreadableCert};
+        let err =
+            certificate_identity(&ClientCert::Unreadable(UnreadableCert::Undecodable)).unwrap_err();
+        assert_eq!(err, AuthError::Certificate(UnreadableCert::Undecodable));
+        assert!(
+            err.to_string()
+                .starts_with("the client certificate's subject cannot be read"),
+            "{err}"
+        );
+        let alice = certificate_identity(&cert("alice", &["devs", "ops"])).unwrap();
+        assert_eq!(alice.username, "alice");
+        assert_eq!(alice.groups, vec!["devs", "ops"]);
+        assert!(certificate_identity(&cert("alice", &["system:masters"])).is_err());
     }
 
     #[test]
