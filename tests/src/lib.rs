@@ -520,7 +520,7 @@ pub async fn collect(
     }
 }
 
-/// A response read off a raw connection by [`read_raw_response`], for tests that speak
+/// A response read off a raw connection by [`read_response`], for tests that speak
 /// HTTP/1.1 by hand (upgrades, headers a client library would not send).
 #[derive(Debug)]
 pub struct RawResponse {
@@ -544,7 +544,7 @@ impl RawResponse {
 }
 
 /// Reads one HTTP/1.1 response, its body by Content-Length or chunked; within 10 s.
-pub async fn read_raw_response<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> RawResponse {
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> RawResponse {
     use tokio::io::AsyncReadExt as _;
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -629,87 +629,6 @@ pub async fn connect_http1(
         .connect("127.0.0.1".try_into().expect("server name"), tcp)
         .await
         .expect("TLS handshake with the gateway")
-}
-
-/// A response read by hand: the head, and the body when it is not a 101.
-pub struct RawResponse {
-    /// The status code.
-    pub status: u16,
-    /// Header names (lower-case) and values, in order.
-    pub headers: Vec<(String, String)>,
-    /// The body (empty for a 101).
-    pub body: Vec<u8>,
-}
-
-impl RawResponse {
-    /// Every value of header `name`.
-    pub fn header(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-/// Reads one response; the body by Content-Length or chunked. A 101 has no body: what
-/// follows its head belongs to the new protocol and is left unread.
-pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> RawResponse {
-    use tokio::io::AsyncReadExt as _;
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let byte = tokio::time::timeout(Duration::from_secs(10), conn.read_u8())
-            .await
-            .expect("a response within 10 s")
-            .expect("a response head");
-        head.push(byte);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.trim().to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    let mut response = RawResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if status == 101 {
-        return response;
-    }
-    if let Some(length) = response.header("content-length").first() {
-        let mut body = vec![0; length.parse().unwrap()];
-        conn.read_exact(&mut body).await.unwrap();
-        response.body = body;
-    } else if response.header("transfer-encoding") == ["chunked"] {
-        loop {
-            let mut size_line = Vec::new();
-            while !size_line.ends_with(b"\r\n") {
-                size_line.push(conn.read_u8().await.unwrap());
-            }
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&size_line).unwrap().trim(), 16).unwrap();
-            let mut chunk = vec![0; size + 2];
-            conn.read_exact(&mut chunk).await.unwrap();
-            if size == 0 {
-                break;
-            }
-            response.body.extend_from_slice(&chunk[..size]);
-        }
-    }
-    response
 }
 
 /// Writes a file into `dir`.

@@ -49,6 +49,7 @@ async fn overflowing_timeouts_are_refused_before_forwarding_and_audited() {
         format!("{PODS}/chatty/log?follow=true&timeoutSeconds=18446744073709551615"),
         format!("{PODS}?timeoutSeconds=1e9"),
     ];
+    let mut ids: Vec<String> = Vec::new();
     for path in &paths {
         let r = gw.get(path, &token).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {:?}", r.body);
@@ -62,14 +63,31 @@ async fn overflowing_timeouts_are_refused_before_forwarding_and_audited() {
                 .contains("timeoutSeconds must be a whole number"),
             "{status}"
         );
-        let id = r.headers["audit-id"].to_str().unwrap().to_string();
-        assert_eq!(record_of(&gw, &id).await["responseStatus"]["code"], 400);
+        ids.push(r.headers["audit-id"].to_str().unwrap().to_string());
     }
     assert_eq!(
         gw.sandbox.request_count(),
         0,
         "nothing reached the upstream"
     );
+    // Refusals that reached no one are audited, and summarised per client and second:
+    // the first in full, the rest counted in a summary that names it.
+    assert_eq!(record_of(&gw, &ids[0]).await["responseStatus"]["code"], 400);
+    eventually("every refusal audited", async || {
+        let records = gw.audit_records();
+        let own = ids
+            .iter()
+            .filter(|id| records.iter().any(|r| r["auditID"] == **id))
+            .count();
+        let counted = records
+            .iter()
+            .filter(|r| r["annotations"]["kubegate.io/summary-of"] == ids[0])
+            .filter_map(|r| r["annotations"]["kubegate.io/summary-count"].as_str())
+            .map(|n| n.parse::<usize>().unwrap())
+            .sum::<usize>();
+        own + counted == ids.len()
+    })
+    .await;
 
     // The largest value the API server can represent still opens a watch, which the
     // gateway bounds by its idle timeout instead of an unrepresentable deadline.

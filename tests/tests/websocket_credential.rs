@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use kubegate_tests::{
-    GatewayOptions, RawResponse, TestGateway, UPSTREAM_TOKEN, collect, https_client,
-    read_raw_response, tls_connector,
+    GatewayOptions, RawResponse, TestGateway, UPSTREAM_TOKEN, collect, connect_http1, https_client,
+    read_response,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -72,20 +72,14 @@ async fn websocket_exec(
     RawResponse,
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 ) {
-    let tcp = tokio::net::TcpStream::connect(gw.running.addr())
-        .await
-        .unwrap();
-    let mut conn = tls_connector(&gw.pki.ca_pem)
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut conn = connect_http1(gw).await;
     let request = format!(
         "GET {EXEC} HTTP/1.1\r\nHost: kubegate\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Protocol: {protocols}\r\n{extra}\r\n"
     );
     conn.write_all(request.as_bytes()).await.unwrap();
-    (read_raw_response(&mut conn).await, conn)
+    (read_response(&mut conn).await, conn)
 }
 
 fn execs(gw: &TestGateway) -> Vec<kubegate_sandbox::RecordedRequest> {
