@@ -175,11 +175,13 @@ jwks_file = "jwks.json"
 algorithms = ["RS256"]
 {limits}
 "#,
-            // The production caps (8192 connections, 128 streams per identity, a burst of
-            // 100 requests) would refuse 10,000 watches from one user: raised, since what is
-            // measured here is the cost of the streams, not the caps.
+            // The production caps (8192 connections, 256 per address, 128 streams per
+            // identity, a burst of 100 requests) would refuse 10,000 watches from one user on
+            // loopback: raised, since what is measured here is the cost of the streams, not
+            // the caps.
             limits = std::env::var("BENCH_LIMITS_TOML").unwrap_or_else(|_| {
-                "[limits]\nmax_connections = 30000\nmax_streams = 30000\n\
+                "[limits]\nmax_connections = 30000\nmax_connections_per_address = 30000\n\
+                 max_streams = 30000\n\
                  max_streams_per_user = 30000\nmax_in_flight = 30000\n\
                  max_in_flight_per_user = 30000\nrequests_per_second = 100000\n\
                  burst = 100000\n"

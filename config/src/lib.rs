@@ -87,8 +87,14 @@ pub struct Listen {
     /// A client that has not finished the TLS handshake by then is dropped, so idle
     /// sockets cannot pin connection slots. Default 10 s.
     pub handshake_timeout: Duration,
-    /// A client that has not sent its request headers by then is dropped. Default 30 s.
+    /// A connection whose first request's headers have not arrived this long after it
+    /// was accepted is dropped; the time covers the TLS handshake and HTTP version
+    /// detection too. Also bounds each later HTTP/1.1 request's headers. Default 30 s.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY),
+    /// so idle sockets, including HTTP/2 connections that only answer pings, cannot pin
+    /// connection slots. Default 3 min.
+    pub idle_timeout: Duration,
 }
 
 /// The kube-apiserver the gateway forwards to, and the credential it uses there.
@@ -275,6 +281,13 @@ pub struct Limits {
     pub max_streams_per_user: u32,
     /// Open client connections. Default 8192.
     pub max_connections: u32,
+    /// Open client connections from one address (see `ipv6_prefix_length`), so one
+    /// source cannot take every `max_connections` slot. Never above `max_connections`.
+    /// Default 256 (or `max_connections` when that is lower).
+    pub max_connections_per_address: u32,
+    /// IPv6 clients are counted by this prefix for every per-address bound (connections,
+    /// unauthenticated requests): one host usually holds a whole /64. 1 to 128; default 64.
+    pub ipv6_prefix_length: u8,
 }
 
 /// A token-bucket quota.
@@ -351,6 +364,8 @@ impl Default for Limits {
             max_streams: 4096,
             max_streams_per_user: 128,
             max_connections: 8192,
+            max_connections_per_address: 256,
+            ipv6_prefix_length: 64,
         }
     }
 }

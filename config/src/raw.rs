@@ -35,6 +35,7 @@ pub(crate) struct RawListen {
     pub(crate) client_ca: Option<Spanned<String>>,
     pub(crate) handshake_timeout: Option<Spanned<String>>,
     pub(crate) header_read_timeout: Option<Spanned<String>>,
+    pub(crate) idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +91,9 @@ pub(crate) struct RawLimits {
     pub(crate) max_streams: Option<Spanned<u32>>,
     pub(crate) max_streams_per_user: Option<Spanned<u32>>,
     pub(crate) max_connections: Option<Spanned<u32>>,
+    pub(crate) max_connections_per_address: Option<Spanned<u32>>,
+    // Any TOML integer, so an out-of-range one gets our message, not serde's.
+    pub(crate) ipv6_prefix_length: Option<Spanned<i64>>,
     #[serde(default, rename = "override")]
     pub(crate) overrides: Vec<Spanned<RawRateOverride>>,
 }

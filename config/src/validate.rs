@@ -146,6 +146,11 @@ impl Validator<'_> {
                 "listen.header_read_timeout",
                 Duration::from_secs(30),
             )?,
+            idle_timeout: self.duration(
+                raw.idle_timeout.as_ref(),
+                "listen.idle_timeout",
+                Duration::from_secs(3 * 60),
+            )?,
         })
     }
 
@@ -568,6 +573,34 @@ impl Validator<'_> {
             "limits.max_connections",
             limits.max_connections,
         )?;
+        limits.max_connections_per_address = match &raw.max_connections_per_address {
+            Some(n) if *n.get_ref() > limits.max_connections => {
+                return Err(self.err(
+                    n,
+                    "limits.max_connections_per_address",
+                    format!(
+                        "must not exceed max_connections ({})",
+                        limits.max_connections
+                    ),
+                ));
+            }
+            n => self.positive(
+                n,
+                "limits.max_connections_per_address",
+                limits
+                    .max_connections_per_address
+                    .min(limits.max_connections),
+            )?,
+        };
+        limits.ipv6_prefix_length = match &raw.ipv6_prefix_length {
+            Some(n) => u8::try_from(*n.get_ref())
+                .ok()
+                .filter(|len| (1..=128).contains(len))
+                .ok_or_else(|| {
+                    self.err(n, "limits.ipv6_prefix_length", "must be between 1 and 128")
+                })?,
+            None => limits.ipv6_prefix_length,
+        };
         for o in &raw.overrides {
             let entry = o.get_ref();
             let subject = match (&entry.user, &entry.group) {
@@ -764,6 +797,70 @@ algorithms = ["RS256", "ES256"]
             .parse(&format!("{GOOD}\n[audit]\nfile = \"nope/audit.log\"\n"))
             .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("audit.file"));
+    }
+
+    #[test]
+    fn connection_deadlines_and_caps_have_defaults() {
+        let c = Dir::new().parse(GOOD).unwrap();
+        assert_eq!(c.listen.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.listen.idle_timeout, Duration::from_secs(180));
+        assert_eq!(c.limits.max_connections, 8192);
+        assert_eq!(c.limits.max_connections_per_address, 256);
+        assert_eq!(c.limits.ipv6_prefix_length, 64);
+    }
+
+    #[test]
+    fn idle_timeout_is_a_positive_duration() {
+        let text = GOOD.replace("port = 9443", "port = 9443\nidle_timeout = \"90s\"");
+        let c = Dir::new().parse(&text).unwrap();
+        assert_eq!(c.listen.idle_timeout, Duration::from_secs(90));
+        for bad in ["0s", "later"] {
+            let e = error_of(&text.replace("90s", bad));
+            assert_eq!(e.field.as_deref(), Some("listen.idle_timeout"), "{bad}");
+            assert_eq!(e.line, Some(7), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_per_address_connection_cap_fits_under_the_global_one() {
+        let limits = |body: &str| Dir::new().parse(&format!("{GOOD}\n[limits]\n{body}\n"));
+        let c = limits("max_connections = 100\nmax_connections_per_address = 100").unwrap();
+        assert_eq!(c.limits.max_connections_per_address, 100);
+        // Unset, it follows a global cap below its default instead of refusing the file.
+        let c = limits("max_connections = 10").unwrap();
+        assert_eq!(c.limits.max_connections_per_address, 10);
+        let e = limits("max_connections = 100\nmax_connections_per_address = 101").unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("limits.max_connections_per_address")
+        );
+        assert!(e.message.contains("max_connections (100)"), "{e}");
+        assert_eq!(e.line, Some(24));
+        let e = limits("max_connections_per_address = 0").unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("limits.max_connections_per_address")
+        );
+        let e = limits("max_connections_per_address = 9000").unwrap_err();
+        assert!(e.message.contains("max_connections (8192)"), "{e}");
+    }
+
+    #[test]
+    fn the_ipv6_prefix_length_is_1_to_128() {
+        let limits =
+            |n: &str| Dir::new().parse(&format!("{GOOD}\n[limits]\nipv6_prefix_length = {n}\n"));
+        assert_eq!(limits("48").unwrap().limits.ipv6_prefix_length, 48);
+        assert_eq!(limits("128").unwrap().limits.ipv6_prefix_length, 128);
+        assert_eq!(limits("1").unwrap().limits.ipv6_prefix_length, 1);
+        for bad in ["0", "129", "300", "-1"] {
+            let e = limits(bad).unwrap_err();
+            assert_eq!(
+                e.field.as_deref(),
+                Some("limits.ipv6_prefix_length"),
+                "{bad}: {e}"
+            );
+            assert_eq!(e.line, Some(23), "{bad}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::authn::{Authenticator, IssuerVerifier, KeySet};
 use crate::authz::{PolicyStore, load_policy};
 use crate::pipeline::{Gateway, router};
 use crate::reload::{CertReloader, PolicyReloader};
-use crate::server::{ServeOptions, serve};
+use crate::server::{GRACE_PERIOD, ServeOptions, default_connection_threads, serve};
 use crate::tls::{CertStore, load_certified_key, server_config};
 use crate::upstream::Upstream;
 
@@ -167,8 +167,12 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         options: ServeOptions {
             handshake_timeout: listen.handshake_timeout,
             header_read_timeout: listen.header_read_timeout,
+            idle_timeout: listen.idle_timeout,
+            grace_period: GRACE_PERIOD,
             max_connections: config.limits.max_connections as usize,
-            ..ServeOptions::default()
+            max_connections_per_address: config.limits.max_connections_per_address as usize,
+            ipv6_prefix_length: config.limits.ipv6_prefix_length,
+            connection_threads: default_connection_threads(),
         },
         listen: listen.addr,
         admin: config.admin.as_ref().map(|a| a.addr),

@@ -51,6 +51,7 @@ pub struct Admission<C: Clock = DefaultClock> {
     buckets: Vec<Keyed<String, C>>,
     overrides: Vec<(RateSubject, usize)>,
     unauthenticated: Keyed<IpAddr, C>,
+    ipv6_prefix_length: u8,
     requests: Counter,
     streams: Counter,
 }
@@ -169,6 +170,7 @@ where
                 DefaultKeyedStateStore::default(),
                 clock.clone(),
             ),
+            ipv6_prefix_length: limits.ipv6_prefix_length,
             clock,
             buckets,
             overrides,
@@ -177,10 +179,11 @@ where
         }
     }
 
-    /// Charges unauthenticated work (a credential that still needs checking) to `ip`.
+    /// Charges unauthenticated work (a credential that still needs checking) to `ip`'s
+    /// address (an IPv6 address by its prefix: [`crate::server::address_key`]).
     pub fn check_unauthenticated(&self, ip: IpAddr) -> Result<(), GatewayError> {
         self.unauthenticated
-            .check_key(&ip)
+            .check_key(&crate::server::address_key(ip, self.ipv6_prefix_length))
             .map_err(|not_until| GatewayError::TooManyRequests {
                 limit: "address",
                 message: "too many unauthenticated requests from your address".into(),
@@ -385,6 +388,17 @@ mod tests {
         assert!(a.check_unauthenticated(other).is_ok());
         clock.advance(Duration::from_secs(1));
         assert!(a.check_unauthenticated(attacker).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_prefix_shares_one_unauthenticated_budget() {
+        let a = Admission::with_clock(&limits(), FakeRelativeClock::default());
+        let host = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        assert!(a.check_unauthenticated(host(1)).is_ok());
+        assert!(a.check_unauthenticated(host(2)).is_ok());
+        assert!(a.check_unauthenticated(host(3)).is_err(), "same /64");
+        let next_prefix = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(a.check_unauthenticated(next_prefix).is_ok());
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub const POLICY_RELOADS: &str = "kubegate_policy_reloads_total";
 pub const CERT_RELOADS: &str = "kubegate_certificate_reloads_total";
 /// Requests refused by a rate or concurrency limit, by `limit`.
 pub const RATE_LIMITED: &str = "kubegate_rate_limited_total";
+/// Connections closed as soon as they were accepted, by `reason` (`address`: the
+/// client's address was at `max_connections_per_address`).
+pub const CONNECTIONS_REFUSED: &str = "kubegate_connections_refused_total";
 
 /// The process's recorder. Installed once; later gateways in the same process (tests)
 /// share it.
@@ -101,6 +104,10 @@ fn describe() {
         RATE_LIMITED,
         "Requests refused by a rate or concurrency limit."
     );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed as soon as they were accepted, by reason."
+    );
 }
 
 /// Verbs as metric labels: the Kubernetes verbs and HTTP methods, anything else `other`.
@@ -153,6 +160,11 @@ pub fn certificate_reload(ok: bool) {
 /// Records a request refused by a limit (`user`, `address`, `concurrency`).
 pub fn rate_limited(limit: &'static str) {
     counter!(RATE_LIMITED, "limit" => limit).increment(1);
+}
+
+/// Records a connection closed as soon as it was accepted (`address`).
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Counts a request in flight until dropped.

@@ -1,6 +1,15 @@
 //! Accepting connections: TCP, the TLS handshake under a deadline, then HTTP/1.1 or
 //! HTTP/2 (chosen by ALPN) with upgrades enabled, each connection on its own task.
 //!
+//! Every phase of a connection has a deadline, so an idle socket cannot hold a connection
+//! slot: the first request's headers must arrive within `header_read_timeout` of the
+//! accept (TLS handshake, protocol detection and headers together; the handshake also has
+//! its own `handshake_timeout`), and from then on a connection with no request in flight
+//! for `idle_timeout` is closed (HTTP/2: GOAWAY). A request is in flight from its headers
+//! until its response body has ended or been dropped, so a long watch keeps its connection
+//! and HTTP/2 pings do not. In front of the global `max_connections`, each client address
+//! (IPv6 by prefix, [`address_key`]) may hold `max_connections_per_address`.
+//!
 //! Connections run on connection threads, one single-threaded runtime per core, handed out
 //! in turn by the accept loop. A connection's tasks (the client connection, its requests,
 //! the upstream connections they use: see [`current_thread_index`]) then wake each other on
@@ -9,20 +18,25 @@
 //! threads being scheduled at once.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use bytes::Bytes;
 use http::Request;
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
@@ -37,22 +51,33 @@ pub struct ConnInfo {
     pub client_cert: Option<Arc<crate::tls::ClientCert>>,
 }
 
-/// Connection-level settings.
+/// Connection-level settings (their defaults live in kubegate-config).
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Deadline for the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Deadline for an HTTP/1.1 client to send its request headers.
+    /// Deadline, from the accept, for the first request's headers; then for each later
+    /// HTTP/1.1 request's headers.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     /// How long open connections may take to finish after shutdown begins.
     pub grace_period: Duration,
     /// Open client connections at most; past it the gateway stops accepting (new
     /// clients wait in the kernel's backlog) until one closes.
     pub max_connections: usize,
+    /// Open client connections from one address at most; past it a new connection from
+    /// that address is closed at once.
+    pub max_connections_per_address: usize,
+    /// The prefix an IPv6 client address is counted by (see [`address_key`]).
+    pub ipv6_prefix_length: u8,
     /// Connection threads; 0 serves connections on the calling runtime instead (tests
     /// that pause its clock need that).
     pub connection_threads: usize,
 }
+
+/// How long open connections may take to finish once shutdown begins.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
 
 /// One connection thread per core.
 pub fn default_connection_threads() -> usize {
@@ -70,15 +95,22 @@ pub fn current_thread_index() -> Option<usize> {
     THREAD_INDEX.with(Cell::get)
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(30),
-            grace_period: Duration::from_secs(30),
-            max_connections: 8192,
-            connection_threads: default_connection_threads(),
-        }
+/// The key a client address is counted by in every per-address bound: an IPv4 address as
+/// it is (an IPv4-mapped IPv6 address as that IPv4 address), any other IPv6 address cut
+/// to its first `ipv6_prefix_length` bits, since one host usually holds a whole /64 and
+/// could otherwise take a fresh budget with every address in it.
+pub fn address_key(ip: IpAddr, ipv6_prefix_length: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let kept = u32::from(ipv6_prefix_length.min(128));
+                // A shift by 128 (prefix 0) overflows: nothing is kept then.
+                let mask = u128::MAX.checked_shl(128 - kept).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
     }
 }
 
@@ -86,21 +118,218 @@ impl Default for ServeOptions {
 /// parallel discovery, small enough that one connection cannot hog the gateway.
 const MAX_CONCURRENT_STREAMS: u32 = 250;
 
+/// The gateway pings every HTTP/2 connection this often, and closes one whose peer has
+/// not answered within [`H2_KEEP_ALIVE_TIMEOUT`]: a connection holding streams to a
+/// vanished peer is not idle by the request count, so this is what ends it.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// See [`H2_KEEP_ALIVE_INTERVAL`].
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// After an idle connection was told to close (an HTTP/2 GOAWAY, which the peer should
+/// acknowledge within a round trip), how long it may stay open with no request in flight
+/// before it is dropped outright; never longer than the idle timeout itself.
+const CLOSE_DRAIN: Duration = Duration::from_secs(5);
+
+/// Refused connections are logged at most this often (with a count), so a flood does not
+/// turn into a flood of log lines.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What every connection needs, shared by all connection threads.
 struct Connections {
     acceptor: TlsAcceptor,
     app: Router,
     builder: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 /// An accepted TCP connection on its way to a connection thread.
 struct Accepted {
     tcp: std::net::TcpStream,
     peer: SocketAddr,
-    /// The connection-cap slot, held for the connection's life.
-    slot: OwnedSemaphorePermit,
-    watcher: Watcher,
+    slots: Slots,
+    stop: watch::Receiver<()>,
+}
+
+/// A connection's places under the global and the per-address cap, held for its life.
+struct Slots {
+    _global: OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
+/// Open connections per address key, for `max_connections_per_address`. An entry exists
+/// only while its address has a connection open, so the map holds at most
+/// `max_connections` entries.
+struct PerAddress {
+    max: usize,
+    ipv6_prefix_length: u8,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// A slot for one more connection from `ip`, or `None` when its address is at the cap.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = address_key(ip, self.ipv6_prefix_length);
+        // A poisoned lock only means a panic elsewhere mid-update of a counter.
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.get(&key).is_some_and(|n| *n >= self.max) {
+            return None;
+        }
+        *open.entry(key).or_default() += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection counted against its address; uncounted when dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What the idle watchdog of one connection knows: how many requests are in flight and,
+/// when none is, by when the next one must arrive.
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Signalled when the last request in flight ends (the deadline has moved).
+    idle: Notify,
+}
+
+struct ActivityState {
+    in_flight: usize,
+    served: bool,
+    /// With nothing in flight: the connection is closed if no request starts by then.
+    deadline: Instant,
+    /// How long the connection may idle after its last request ends.
+    idle_timeout: Duration,
+}
+
+/// Why a connection's watchdog ended it.
+enum Expired {
+    /// No request arrived within `header_read_timeout` of the accept.
+    NoRequest,
+    /// No request was in flight for the idle timeout.
+    Idle,
+}
+
+impl Activity {
+    fn new(first_request_by: Instant, idle_timeout: Duration) -> Self {
+        Activity {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                served: false,
+                deadline: first_request_by,
+                idle_timeout,
+            }),
+            idle: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    fn start(self: &Arc<Self>) -> Busy {
+        let mut state = self.lock();
+        state.in_flight += 1;
+        state.served = true;
+        Busy(self.clone())
+    }
+
+    /// From now on an idle connection is dropped after `drain` instead of the idle timeout.
+    fn draining(&self, drain: Duration) {
+        let mut state = self.lock();
+        state.idle_timeout = drain;
+        state.deadline = Instant::now() + drain;
+    }
+
+    /// Resolves once no request has been in flight until the connection's deadline.
+    async fn expired(&self) -> Expired {
+        loop {
+            let (busy, deadline, served) = {
+                let state = self.lock();
+                (state.in_flight > 0, state.deadline, state.served)
+            };
+            if busy {
+                self.idle.notified().await;
+            } else if Instant::now() >= deadline {
+                return if served {
+                    Expired::Idle
+                } else {
+                    Expired::NoRequest
+                };
+            } else {
+                // A request that starts and ends meanwhile moves the deadline, maybe
+                // closer (the idle timeout can be shorter than the first request's).
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = self.idle.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+/// A request in flight on its connection.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight -= 1;
+        if state.in_flight == 0 {
+            state.deadline = Instant::now() + state.idle_timeout;
+            drop(state);
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted in flight until it has ended or been
+/// dropped: a watch is busy for as long as it streams, not just until its headers.
+struct TrackedBody {
+    body: Body,
+    busy: Option<Busy>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if frame.is_none() {
+            self.busy = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A connection thread: its intake, its stop signal and its handle.
@@ -129,8 +358,8 @@ impl ConnectionThread {
                                     connections.clone(),
                                     tcp,
                                     a.peer,
-                                    a.slot,
-                                    a.watcher,
+                                    a.slots,
+                                    a.stop,
                                 ));
                             }
                             Err(e) => {
@@ -160,7 +389,9 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver; shutdown signals them all, then waits until the
+    // last one has dropped its receiver.
+    let (stop, _) = watch::channel(());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -171,12 +402,15 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let connections = Arc::new(Connections {
         acceptor: TlsAcceptor::from(tls),
         app,
         builder,
         handshake_timeout: options.handshake_timeout,
+        header_read_timeout: options.header_read_timeout,
+        idle_timeout: options.idle_timeout,
     });
     let mut threads = (0..options.connection_threads)
         .map(|i| ConnectionThread::start(i, connections.clone()))
@@ -184,6 +418,12 @@ pub async fn serve(
     let mut next = 0;
 
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let per_address = Arc::new(PerAddress {
+        max: options.max_connections_per_address,
+        ipv6_prefix_length: options.ipv6_prefix_length,
+        open: Mutex::new(HashMap::new()),
+    });
+    let mut refusals = Refusals::default();
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -205,16 +445,20 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(address_slot) = per_address.acquire(peer.ip()) else {
+            // Closed before any TLS work; the global slot goes back with `slot`.
+            drop(tcp);
+            refusals.refused(peer);
+            continue;
+        };
+        let held = Slots {
+            _global: slot,
+            _address: address_slot,
+        };
         let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let stop = stop.subscribe();
         if threads.is_empty() {
-            tokio::spawn(serve_connection(
-                connections.clone(),
-                tcp,
-                peer,
-                slot,
-                watcher,
-            ));
+            tokio::spawn(serve_connection(connections.clone(), tcp, peer, held, stop));
             continue;
         }
         // Handed over as a std socket: it leaves this runtime's reactor for the thread's.
@@ -228,8 +472,8 @@ pub async fn serve(
         let accepted = Accepted {
             tcp,
             peer,
-            slot,
-            watcher,
+            slots: held,
+            stop,
         };
         if threads[next].intake.send(accepted).is_err() {
             warn!(%peer, "a connection thread has stopped; dropping the connection");
@@ -239,7 +483,8 @@ pub async fn serve(
 
     drop(listener);
     info!("no longer accepting connections; waiting for open ones to finish");
-    if tokio::time::timeout(options.grace_period, graceful.shutdown())
+    let _ = stop.send(());
+    if tokio::time::timeout(options.grace_period, stop.closed())
         .await
         .is_err()
     {
@@ -263,19 +508,45 @@ pub async fn serve(
     Ok(())
 }
 
-/// One client connection: the TLS handshake under its deadline, then HTTP until the client
-/// or the graceful shutdown ends it.
+/// Connections refused by the per-address cap: each is counted, and logged in batches.
+#[derive(Default)]
+struct Refusals {
+    unlogged: u64,
+    last_logged: Option<Instant>,
+}
+
+impl Refusals {
+    fn refused(&mut self, peer: SocketAddr) {
+        crate::observe::connection_refused("address");
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
+        {
+            debug!(%peer, refused = self.unlogged, "connections refused: their address is at max_connections_per_address");
+            self.unlogged = 0;
+            self.last_logged = Some(now);
+        }
+    }
+}
+
+/// One client connection: the TLS handshake, then HTTP until the client, the idle
+/// watchdog or the graceful shutdown ends it.
 async fn serve_connection(
     connections: Arc<Connections>,
     tcp: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
-    watcher: Watcher,
+    slots: Slots,
+    mut stop: watch::Receiver<()>,
 ) {
     // Held for the connection's life.
-    let _slot = slot;
+    let _slots = slots;
+    let accepted = Instant::now();
+    let first_request_by = accepted + connections.header_read_timeout;
+    let handshake_by = first_request_by.min(accepted + connections.handshake_timeout);
     let handshake = connections.acceptor.accept(tcp);
-    let tls = match tokio::time::timeout(connections.handshake_timeout, handshake).await {
+    let tls = match tokio::time::timeout_at(handshake_by, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
@@ -294,15 +565,112 @@ async fn serve_connection(
         .and_then(|chain| chain.first())
         .map(|leaf| Arc::new(crate::tls::client_cert(leaf)));
     let conn_info = ConnInfo { peer, client_cert };
+    let activity = Arc::new(Activity::new(first_request_by, connections.idle_timeout));
     let app = connections.app.clone();
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(conn_info.clone());
-        app.clone().oneshot(req.map(Body::new))
+    let service = hyper::service::service_fn({
+        let activity = activity.clone();
+        move |mut req: Request<Incoming>| {
+            let busy = activity.start();
+            req.extensions_mut().insert(conn_info.clone());
+            let response = app.clone().oneshot(req.map(Body::new));
+            async move {
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| TrackedBody {
+                    body,
+                    busy: Some(busy),
+                }))
+            }
+        }
     });
-    let conn = connections
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let mut conn = pin!(
+        connections
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(tls), service)
+    );
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        expired = activity.expired() => match expired {
+            Expired::NoRequest => {
+                // Nothing was served, so there is nothing to finish: dropped.
+                debug!(%peer, "no request within header_read_timeout; closing");
+                Ok(())
+            }
+            Expired::Idle => {
+                debug!(%peer, "idle; closing");
+                // HTTP/2: GOAWAY, then the peer's acknowledgement; HTTP/1.1: closed now.
+                conn.as_mut().graceful_shutdown();
+                activity.draining(CLOSE_DRAIN.min(connections.idle_timeout));
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = activity.expired() => Ok(()),
+                }
+            }
+        },
+    };
+    if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv4_addresses_are_their_own_key() {
+        for prefix in [1, 64, 128] {
+            assert_eq!(address_key(ip("192.0.2.7"), prefix), ip("192.0.2.7"));
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_count_as_the_ipv4_address() {
+        assert_eq!(address_key(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
+        assert_eq!(address_key(ip("::ffff:192.0.2.7"), 128), ip("192.0.2.7"));
+    }
+
+    #[test]
+    fn ipv6_addresses_are_cut_to_the_prefix() {
+        let a = ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd");
+        assert_eq!(address_key(a, 64), ip("2001:db8:1:2::"));
+        assert_eq!(
+            address_key(ip("2001:db8:1:2::ffff"), 64),
+            address_key(a, 64),
+            "one /64 is one address"
+        );
+        assert_ne!(address_key(ip("2001:db8:1:3::1"), 64), address_key(a, 64));
+        assert_eq!(address_key(a, 48), ip("2001:db8:1::"));
+        assert_eq!(address_key(a, 128), a);
+        assert_eq!(address_key(a, 1), ip("::"));
+        assert_eq!(address_key(ip("8000::1"), 1), ip("8000::"));
+        assert_eq!(address_key(a, 0), ip("::"), "never past the ends");
+    }
+
+    #[test]
+    fn the_per_address_cap_counts_open_connections_by_key() {
+        let table = Arc::new(PerAddress {
+            max: 2,
+            ipv6_prefix_length: 64,
+            open: Mutex::new(HashMap::new()),
+        });
+        let first = table.acquire(ip("2001:db8::1")).unwrap();
+        let second = table.acquire(ip("2001:db8::2")).unwrap();
+        assert!(table.acquire(ip("2001:db8::3")).is_none(), "same /64");
+        assert!(table.acquire(ip("2001:db8:0:1::1")).is_some());
+        drop(first);
+        assert!(table.acquire(ip("2001:db8::3")).is_some(), "released");
+        drop(second);
+        assert!(
+            table.open.lock().unwrap().is_empty(),
+            "no entry outlives its connections"
+        );
     }
 }
