@@ -34,7 +34,7 @@ use crate::forward::{ForwardedIdentity, add_gateway_headers, sanitize_request};
 use crate::limits::{Admission, Kind, Permit};
 use crate::observe;
 use crate::record::{self, Completion, Facts, Guarded, Pending};
-use crate::server::ConnInfo;
+use crate::server::{ConnInfo, address_key};
 use crate::upstream::Upstream;
 use crate::{stream, upgrade};
 
@@ -100,10 +100,15 @@ impl Outcome {
 
     /// Whose refusals the record is counted with: the verified user, else the client's
     /// address.
-    fn summary_key(&self, facts: &Facts) -> SummaryKey {
-        match &self.identity {
-            Some(identity) => SummaryKey::User(identity.username.clone()),
-            None => SummaryKey::Address(facts.source_ip.clone()),
+    /// Whose window a summarised refusal counts in: the verified user, else the client's
+    /// address as every per-address bound counts it (IPv6 by its prefix).
+    fn summary_key(&self, facts: &Facts, ipv6_prefix_length: u8) -> SummaryKey {
+        match (&self.identity, facts.source_ip) {
+            (Some(identity), _) => SummaryKey::User(identity.username.clone()),
+            (None, Some(ip)) => {
+                SummaryKey::Address(address_key(ip, ipv6_prefix_length).to_string())
+            }
+            (None, None) => SummaryKey::Address(String::new()),
         }
     }
 
@@ -125,18 +130,16 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> R
     let started = Instant::now();
     let _in_flight = observe::InFlight::start();
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // For the log lines: bounded, since the client chooses it.
+    let path = record::logged_path(request.uri().path()).into_owned();
     let facts = Facts {
         audit_id: AuditId::new(),
         received: SystemTime::now(),
-        request_uri: request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| path.clone(), |pq| pq.as_str().to_string()),
-        source_ip: request
-            .extensions()
-            .get::<ConnInfo>()
-            .map_or_else(String::new, |c| c.peer.ip().to_string()),
+        request_uri: request.uri().path_and_query().map_or_else(
+            || request.uri().path().to_string(),
+            |pq| pq.as_str().to_string(),
+        ),
+        source_ip: request.extensions().get::<ConnInfo>().map(|c| c.peer.ip()),
         user_agent: request
             .headers()
             .get(http::header::USER_AGENT)
@@ -203,7 +206,7 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> R
         outcome.annotations(elapsed.saturating_sub(outcome.upstream_wait)),
     );
     if outcome.summarised(status) {
-        let key = outcome.summary_key(&facts);
+        let key = outcome.summary_key(&facts, gateway.limits.ipv6_prefix_length);
         gateway.audit.record_refusal(key, &event).await;
     } else {
         gateway.audit.record(&event).await;
@@ -458,6 +461,24 @@ fn forbidden_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_summarised_per_ipv6_prefix() {
+        let facts = |ip: &str| Facts {
+            audit_id: AuditId::new(),
+            received: SystemTime::now(),
+            request_uri: "/".into(),
+            source_ip: Some(ip.parse().unwrap()),
+            user_agent: None,
+        };
+        let anonymous = Outcome::default();
+        let key = |ip: &str| anonymous.summary_key(&facts(ip), 64);
+        // One host's /64 is one client, whichever address in it a request comes from.
+        assert_eq!(key("2001:db8:0:1::1"), key("2001:db8:0:1:ffff::9"));
+        assert_ne!(key("2001:db8:0:1::1"), key("2001:db8:0:2::1"));
+        assert_eq!(key("192.0.2.1"), SummaryKey::Address("192.0.2.1".into()));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+    }
 
     #[tokio::test]
     async fn a_panicking_phase_becomes_a_500_status() {

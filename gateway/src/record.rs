@@ -68,6 +68,15 @@ fn bounded<'a>(
     Cow::Owned(format!("{}{TRUNCATED_SUFFIX}", &value[..end]))
 }
 
+/// The longest request path a log line carries: logs are read by people and grepped, and
+/// a client must not be able to make each line of them tens of kilobytes.
+pub const MAX_LOGGED_PATH: usize = 512;
+
+/// `path` as a log line carries it: cut at [`MAX_LOGGED_PATH`] with the usual marker.
+pub fn logged_path(path: &str) -> Cow<'_, str> {
+    bounded(path, MAX_LOGGED_PATH, "path", &mut Vec::new())
+}
+
 /// Everything the audit record of one request needs, filled in phase by phase.
 pub struct Facts {
     /// The request's audit ID.
@@ -76,8 +85,8 @@ pub struct Facts {
     pub received: SystemTime,
     /// Path and query as received.
     pub request_uri: String,
-    /// The client's address.
-    pub source_ip: String,
+    /// The client's address (`None` only for a request without connection info).
+    pub source_ip: Option<std::net::IpAddr>,
     /// The client's `User-Agent`.
     pub user_agent: Option<String>,
 }
@@ -138,7 +147,7 @@ pub fn event(
             groups: f.groups.clone(),
             extra: f.extra.clone(),
         }),
-        source_ips: vec![facts.source_ip.clone()],
+        source_ips: facts.source_ip.iter().map(ToString::to_string).collect(),
         user_agent,
         object_ref,
         response_code: code,
@@ -325,7 +334,7 @@ pub(crate) mod tests {
             audit_id: AuditId::new(),
             received: SystemTime::now(),
             request_uri: uri.into(),
-            source_ip: "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".into(),
+            source_ip: Some("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()),
             user_agent: ua.map(str::to_string),
         }
     }
@@ -353,6 +362,17 @@ pub(crate) mod tests {
         let mut fields = Vec::new();
         let out = bounded(value, max, "f", &mut fields).into_owned();
         (out, !fields.is_empty())
+    }
+
+    #[test]
+    fn log_lines_carry_a_bounded_path() {
+        let short = "/api/v1/namespaces/dev/pods";
+        assert_eq!(logged_path(short), short);
+        let long = format!("/api/v1/{}", "é".repeat(10_000));
+        let logged = logged_path(&long);
+        assert!(logged.len() <= MAX_LOGGED_PATH + TRUNCATED_SUFFIX.len());
+        assert!(logged.ends_with(TRUNCATED_SUFFIX));
+        assert!(long.starts_with(logged.trim_end_matches(TRUNCATED_SUFFIX)));
     }
 
     #[test]

@@ -5,14 +5,16 @@
 //! subresource, the client's credential and identity headers were removed and the
 //! gateway's credential and `Impersonate-*` headers added. [`requested`] runs before the
 //! headers are sanitised (which removes `Upgrade` and `Connection` as hop-by-hop) and
-//! accepts only the two protocols Kubernetes speaks.
+//! accepts only the two protocols Kubernetes speaks; [`check_target`] (after admission)
+//! only the endpoints the API server switches protocols for.
 //!
 //! [`forward`] sends the request upstream on an HTTP/1.1 connection of its own and looks at
 //! the answer. Only `101 Switching Protocols` naming the protocol that was asked for makes
 //! the gateway switch the client too and splice the two connections; anything else is
 //! relayed as an ordinary response, and neither connection is ever spliced. The
 //! sub-protocol headers (`Sec-WebSocket-*`, `X-Stream-Protocol-Version`) pass through
-//! untouched both ways: the gateway never speaks WebSocket or SPDY itself, it copies bytes.
+//! untouched both ways, but for the WebSocket bearer credential entry, which sanitising
+//! always removes: the gateway never speaks WebSocket or SPDY itself, it copies bytes.
 //!
 //! The splice copies both directions at once. When one side finishes sending (EOF), the
 //! other side's sending half is shut down and the opposite direction keeps flowing until

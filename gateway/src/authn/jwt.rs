@@ -604,6 +604,26 @@ mod tests {
             Err(AuthError::IssuedInFuture)
         );
 
+        // Numbers from the token at the edges of what JSON can carry: decided, never a
+        // panic or a wrapped subtraction.
+        for (iat, exp) in [(-1e308, 1e308), (0.0, f64::MAX), (-f64::MAX, now + 600.0)] {
+            assert!(
+                matches!(
+                    v.identity(claims(
+                        serde_json::json!({"sub": "a", "iat": iat, "exp": exp})
+                    )),
+                    Err(AuthError::Claims(_))
+                ),
+                "iat {iat} exp {exp}"
+            );
+        }
+        assert_eq!(
+            v.identity(claims(serde_json::json!({
+                "sub": "a", "iat": 18446744073709551615u64, "exp": 18446744073709551615u64
+            }))),
+            Err(AuthError::IssuedInFuture)
+        );
+
         let v = issuer(|c| c.username_claim = "email".into());
         assert!(
             v.identity(claims(
