@@ -15,11 +15,11 @@ use tokio::task::JoinHandle;
 
 use crate::authn::keys::start_key_loading;
 use crate::authn::{Authenticator, IssuerVerifier, KeySet};
-use crate::authz::{PolicyStore, load_policy};
+use crate::pipeline::authz::{PolicyStore, load_policy};
 use crate::pipeline::{Gateway, router};
-use crate::reload::{CertReloader, PolicyReloader};
-use crate::server::{GRACE_PERIOD, ServeOptions, default_connection_threads, serve};
-use crate::tls::{CertStore, load_certified_key, server_config};
+use crate::ops::reload::{CertReloader, PolicyReloader};
+use crate::listener::{GRACE_PERIOD, ServeOptions, default_connection_threads, serve};
+use crate::listener::tls::{CertStore, load_certified_key, server_config};
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start. Every variant names the file (and where possible the
@@ -31,7 +31,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     /// The policy file is invalid.
     #[error(transparent)]
-    Policy(#[from] crate::authz::PolicyLoadError),
+    Policy(#[from] crate::pipeline::authz::PolicyLoadError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -154,10 +154,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         policy: Arc::new(PolicyStore::new(config.policy.value.clone(), policy)),
         upstream,
         limits: config.limits.clone(),
-        admission: crate::limits::Admission::new(&config.limits),
+        admission: crate::pipeline::admission::Admission::new(&config.limits),
         audit,
-        pending_audit: crate::record::Pending::default(),
-        shutdown: crate::record::ShutdownTrigger::new().0,
+        pending_audit: crate::pipeline::response::Pending::default(),
+        shutdown: crate::ops::shutdown::ShutdownTrigger::new().0,
     };
     Ok(Prepared {
         gateway: Arc::new(gateway),
@@ -280,7 +280,7 @@ impl Prepared {
                     self.gateway.policy.path().display()
                 ))
             })?;
-        crate::observe::recorder();
+        crate::ops::metrics::recorder();
         let (admin_addr, admin_task) = match self.admin {
             Some(admin) => {
                 let admin_listener = bind(admin).await?;
@@ -291,7 +291,7 @@ impl Prepared {
                             addr: admin,
                             source,
                         })?;
-                let app = crate::admin::router(self.gateway.clone());
+                let app = crate::ops::admin::router(self.gateway.clone());
                 let task = tokio::spawn(async move {
                     if let Err(e) = axum::serve(admin_listener, app).await {
                         tracing::error!(error = %e, "admin listener failed");

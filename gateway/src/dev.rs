@@ -477,7 +477,7 @@ fn client_kubeconfig(url: &str, ca_pem: &str, users: &[DevUser]) -> String {
 
 fn random_token() -> Result<String, StartError> {
     let mut bytes = [0u8; 32];
-    crate::tls::provider()
+    crate::listener::tls::provider()
         .secure_random
         .fill(&mut bytes)
         .map_err(|_| StartError::Runtime("no secure random source".into()))?;

@@ -42,8 +42,8 @@ pub enum GatewayError {
     /// Over a rate or concurrency limit (client's fault; try again later).
     #[error("{message}")]
     TooManyRequests {
-        /// Which limit, as a metric label: `user`, `address` or `concurrency`.
-        limit: &'static str,
+        /// Which limit.
+        limit: crate::pipeline::admission::Limit,
         /// Which limit, in words.
         message: String,
         /// When a retry may succeed.
@@ -204,7 +204,7 @@ mod tests {
     #[tokio::test]
     async fn too_many_requests_says_when_to_retry() {
         let r = GatewayError::TooManyRequests {
-            limit: "user",
+            limit: crate::pipeline::admission::Limit::User,
             message: "slow down".into(),
             retry_after: std::time::Duration::from_millis(1500),
         }

@@ -1,30 +1,27 @@
 //! kubegate: the gateway that puts remote users in front of a Kubernetes API server safely.
 //!
-//! This crate owns the request pipeline and the `kubegate` binary: TLS termination
-//! ([`tls`], [`server`]), authentication of bearer tokens ([`authn`]), authorization against
-//! the policy ([`authz`], with the pure engine in `kubegate-policy`), header hygiene and
-//! impersonation ([`forward`]), the upstream connection ([`upstream`]), the one place errors
-//! become responses ([`error`]), log output ([`logwriter`]), start-up ([`app`]) and the zero-setup `dev` mode ([`dev`]).
-//! [`pipeline`] strings the phases together in order; `docs/architecture.md` draws it.
+//! This crate owns the request pipeline and the `kubegate` binary. Its folders are the
+//! layers a request passes through, outside in (docs/architecture.md draws them):
+//!
+//! - [`listener`]: TCP, TLS and HTTP connections, each phase under a deadline;
+//! - [`pipeline`]: one request's phases, top to bottom: admission, authorization, header
+//!   hygiene, streams and upgrades, the response's lifetime and the finishing record;
+//! - [`authn`]: credentials into an identity (JWTs, client certificates);
+//! - [`upstream`]: the kube-apiserver connection and the gateway's own credential;
+//! - [`audit`]: the audit trail, from a request's facts to rotated files;
+//! - [`ops`]: what operators touch: health and metrics, reloads, logs, shutdown;
+//! - [`app`]: start-up from a validated configuration; [`error`]: the one place failures
+//!   become responses; [`dev`] (feature `dev`): the zero-setup dev mode.
 
-pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod authn;
-pub mod authz;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
-pub mod forward;
-pub mod limits;
-pub mod logwriter;
-pub mod observe;
+pub mod listener;
+pub mod ops;
 pub mod pipeline;
-pub mod record;
-pub mod reload;
-pub mod server;
-pub mod stream;
-pub mod tls;
-pub mod upgrade;
 pub mod upstream;
 
 pub use app::{Running, StartError, start};

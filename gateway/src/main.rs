@@ -1,15 +1,15 @@
 //! The `kubegate` command: serve, check a configuration, run the zero-setup dev mode, and
 //! review policies.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kubegate::app;
+#[cfg(feature = "dev")]
 use kubegate::dev::{self, DevOptions};
-use kubegate::logwriter::{LingeringStderr, LogFlusher};
+use kubegate::ops::logwriter::{LingeringStderr, LogFlusher};
 use kubegate_policy::{Policy, RequestAttributes, Subject, normalize_path, resolve};
 
 #[derive(Parser)]
@@ -46,10 +46,11 @@ enum Command {
         config: PathBuf,
     },
     /// Run a working gateway with generated certificates, users and tokens.
+    #[cfg(feature = "dev")]
     Dev {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// Use the built-in sandbox even if the current kubeconfig's cluster answers.
         #[arg(long)]
         sandbox: bool,
@@ -158,6 +159,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev")]
         Command::Dev {
             listen,
             sandbox,
@@ -238,7 +240,7 @@ fn load_policy(source: &PolicySource) -> anyhow::Result<Policy> {
         (None, Some(policy)) => policy.clone(),
         (None, None) => anyhow::bail!("name a --config or a --policy"),
     };
-    let (policy, warnings) = kubegate::authz::load_policy(&path)?;
+    let (policy, warnings) = kubegate::pipeline::authz::load_policy(&path)?;
     for w in warnings {
         eprintln!("warning: {w}");
     }

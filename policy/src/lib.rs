@@ -23,4 +23,4 @@ pub use request::{
     KUBERNETES_VERBS, NonResourceAttributes, RequestAttributes, ResourceAttributes, resolve,
 };
 pub use rules::{Decision, HTTP_METHODS, LoadedPolicy, Policy};
-pub use subject::{ANONYMOUS_USER, ForwardIdentity, Subject, UNAUTHENTICATED_GROUP};
+pub use subject::{ANONYMOUS_USER, ForwardIdentity, Subject, UNAUTHENTICATED_GROUP, claim};

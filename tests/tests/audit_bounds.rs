@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use kubegate::record::{MAX_RECORD_WITHOUT_IDENTITY, MAX_USER_AGENT, TRUNCATED_SUFFIX};
+use kubegate::audit::record::{MAX_RECORD_WITHOUT_IDENTITY, MAX_USER_AGENT, TRUNCATED_SUFFIX};
 use kubegate_tests::{
     Collected, GatewayOptions, TestGateway, audit_trail_lines_in, collect, eventually, https_client,
 };

@@ -31,10 +31,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kubegate_policy::ForwardIdentity;
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use serde::{Serialize, Serializer};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use crate::authn::Identity;
+
+pub mod record;
 pub mod summary;
 
 pub use summary::{RECORDS_SUMMARISED, SummaryKey};
@@ -161,24 +165,47 @@ pub enum Stage {
     ResponseComplete,
 }
 
-/// A user as the audit log shows it (`authentication.k8s.io/v1` `UserInfo`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct UserInfo {
-    /// The username.
-    pub username: String,
-    /// A unique ID for the user, when the issuer maps one; omitted when absent or empty.
+/// A user as the audit log shows it (`authentication.k8s.io/v1` `UserInfo`): a view of
+/// the caller's [`Identity`] or of the [`ForwardIdentity`] it was forwarded as, borrowed
+/// while a record is serialized.
+#[derive(Serialize)]
+struct UserInfo<'a> {
+    username: &'a str,
+    /// Omitted when absent or empty.
     #[serde(skip_serializing_if = "is_none_or_empty")]
-    pub uid: Option<String>,
-    /// The user's groups; omitted when empty.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
-    /// Extra attributes; omitted when empty.
+    uid: Option<&'a str>,
+    /// Omitted when empty.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    groups: &'a [String],
+    /// Omitted when empty.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub extra: BTreeMap<String, Vec<String>>,
+    extra: &'a BTreeMap<String, Vec<String>>,
 }
 
-fn is_none_or_empty(value: &Option<String>) -> bool {
-    value.as_deref().is_none_or(str::is_empty)
+impl<'a> From<&'a Identity> for UserInfo<'a> {
+    fn from(i: &'a Identity) -> Self {
+        UserInfo {
+            username: &i.user,
+            uid: i.uid.as_deref(),
+            groups: &i.groups,
+            extra: &i.extra,
+        }
+    }
+}
+
+impl<'a> From<&'a ForwardIdentity> for UserInfo<'a> {
+    fn from(f: &'a ForwardIdentity) -> Self {
+        UserInfo {
+            username: &f.user,
+            uid: f.uid.as_deref(),
+            groups: &f.groups,
+            extra: &f.extra,
+        }
+    }
+}
+
+fn is_none_or_empty(value: &Option<&str>) -> bool {
+    value.is_none_or(str::is_empty)
 }
 
 /// The object a resource request addresses; empty strings are omitted like the API
@@ -220,9 +247,9 @@ pub struct Event {
     /// non-resource requests.
     pub verb: String,
     /// The authenticated user; `None` (field omitted) when authentication failed.
-    pub user: Option<UserInfo>,
+    pub user: Option<Arc<Identity>>,
     /// The identity the gateway forwarded upstream; `None` when nothing was forwarded.
-    pub impersonated_user: Option<UserInfo>,
+    pub impersonated_user: Option<Arc<ForwardIdentity>>,
     /// Client addresses, nearest first.
     pub source_ips: Vec<String>,
     /// The client's `User-Agent`; omitted when absent or empty.
@@ -253,9 +280,9 @@ struct WireEvent<'a> {
     request_uri: &'a str,
     verb: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<&'a UserInfo>,
+    user: Option<UserInfo<'a>>,
     #[serde(rename = "impersonatedUser", skip_serializing_if = "Option::is_none")]
-    impersonated_user: Option<&'a UserInfo>,
+    impersonated_user: Option<UserInfo<'a>>,
     #[serde(rename = "sourceIPs", skip_serializing_if = "<[String]>::is_empty")]
     source_ips: &'a [String],
     #[serde(rename = "userAgent", skip_serializing_if = "Option::is_none")]
@@ -292,8 +319,8 @@ impl Serialize for Event {
             stage: self.stage,
             request_uri: &self.request_uri,
             verb: &self.verb,
-            user: self.user.as_ref(),
-            impersonated_user: self.impersonated_user.as_ref(),
+            user: self.user.as_deref().map(UserInfo::from),
+            impersonated_user: self.impersonated_user.as_deref().map(UserInfo::from),
             source_ips: &self.source_ips,
             user_agent: self.user_agent.as_deref().filter(|ua| !ua.is_empty()),
             object_ref: self.object_ref.as_ref(),
@@ -1069,17 +1096,16 @@ mod tests {
             stage: Stage::ResponseComplete,
             request_uri: "/api/v1/namespaces/dev/pods?limit=500".into(),
             verb: "list".into(),
-            user: Some(UserInfo {
-                username: "alice".into(),
+            user: Some(Arc::new(Identity {
                 uid: Some("u-1".into()),
-                groups: vec!["devs".into(), "ops".into()],
                 extra: BTreeMap::from([("scopes".into(), vec!["a".into(), "b".into()])]),
-            }),
-            impersonated_user: Some(UserInfo {
-                username: "alice".into(),
+                ..Identity::new("alice", ["devs", "ops"])
+            })),
+            impersonated_user: Some(Arc::new(ForwardIdentity {
+                user: "alice".into(),
                 groups: vec!["devs".into()],
-                ..UserInfo::default()
-            }),
+                ..ForwardIdentity::default()
+            })),
             source_ips: vec!["192.0.2.10".into()],
             user_agent: Some("kubectl/v1.34.0".into()),
             object_ref: Some(ObjectRef {
@@ -1217,13 +1243,12 @@ mod tests {
                 "stageTimestamp": "1970-01-01T00:00:00.000001Z"
             })
         );
-        let user = UserInfo {
-            username: "bob".into(),
+        let user = Identity {
             uid: Some(String::new()),
-            ..UserInfo::default()
+            ..Identity::new("bob", Vec::<String>::new())
         };
         assert_eq!(
-            serde_json::to_value(&user).unwrap(),
+            serde_json::to_value(UserInfo::from(&user)).unwrap(),
             json!({"username": "bob"})
         );
         let object = ObjectRef {

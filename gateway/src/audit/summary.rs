@@ -539,7 +539,7 @@ mod tests {
     fn the_summary_of_the_largest_refusal_fits_the_record_bound_too() {
         let s = Summaries::new(W, 8);
         let t0 = Instant::now();
-        let largest = crate::record::tests::largest_refusal();
+        let largest = crate::audit::record::tests::largest_refusal();
         let key = address("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff");
         for code in [400, 401, 429, 500, 401] {
             let mut event = largest.clone();
@@ -549,7 +549,7 @@ mod tests {
         let due = s.drain(t0 + W);
         let line = due[0].event.to_line().unwrap();
         assert!(
-            line.len() <= crate::record::MAX_RECORD_WITHOUT_IDENTITY,
+            line.len() <= crate::audit::record::MAX_RECORD_WITHOUT_IDENTITY,
             "{} bytes",
             line.len()
         );

@@ -119,14 +119,7 @@ mod tests {
     use super::*;
 
     fn id(name: &str) -> Arc<Identity> {
-        Arc::new(Identity {
-            username: name.into(),
-            uid: None,
-            groups: vec![],
-            extra: Default::default(),
-            claims: Default::default(),
-            subject: Default::default(),
-        })
+        Arc::new(Identity::new(name, Vec::<String>::new()))
     }
 
     #[test]
@@ -134,7 +127,7 @@ mod tests {
         let cache = TokenCache::new(Duration::from_secs(60), 10);
         let d = digest_of("token-a");
         cache.insert(d, id("a"), now_secs() + 3600, 0, 7);
-        assert_eq!(cache.get(&d, |_| 7).unwrap().username, "a");
+        assert_eq!(cache.get(&d, |_| 7).unwrap().user, "a");
         assert!(cache.get(&d, |_| 8).is_none(), "new keys void old verdicts");
         assert!(cache.get(&d, |_| 7).is_none(), "and the entry is gone");
 

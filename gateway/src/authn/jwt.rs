@@ -271,7 +271,7 @@ impl IssuerVerifier {
             }
         }
         for (claim, expected) in &config.required_claims {
-            if lookup(&claims, claim).and_then(Value::as_str) != Some(expected.as_str()) {
+            if kubegate_policy::claim(&claims, claim).and_then(Value::as_str) != Some(expected.as_str()) {
                 return Err(AuthError::Claims(format!(
                     "required claim {claim:?} is missing or has another value"
                 )));
@@ -279,7 +279,7 @@ impl IssuerVerifier {
         }
 
         let username_claim = &config.username_claim;
-        let username = match lookup(&claims, username_claim) {
+        let username = match kubegate_policy::claim(&claims, username_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(_) => {
                 return Err(AuthError::Claims(format!(
@@ -323,7 +323,7 @@ impl IssuerVerifier {
 
         let uid = match &config.uid_claim {
             None => None,
-            Some(claim) => match lookup(&claims, claim) {
+            Some(claim) => match kubegate_policy::claim(&claims, claim) {
                 Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
                 Some(_) => {
                     return Err(AuthError::Claims(format!(
@@ -342,12 +342,11 @@ impl IssuerVerifier {
         }
 
         Ok(Identity {
-            username,
+            user: username,
             uid,
             groups,
             extra,
             claims,
-            subject: Default::default(),
         })
     }
 }
@@ -359,24 +358,9 @@ fn prefixed(prefix: Option<&str>, value: String) -> String {
     }
 }
 
-/// A claim by name; a name that is not a top-level claim but contains dots is read as a
-/// path into nested objects (`realm_access.roles`). Top-level first, because claim names
-/// like `https://example.com/groups` contain dots themselves.
-fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    if let Some(v) = claims.get(name) {
-        return Some(v);
-    }
-    let mut parts = name.split('.');
-    let mut current = claims.get(parts.next()?)?;
-    for part in parts {
-        current = current.as_object()?.get(part)?;
-    }
-    Some(current)
-}
-
 /// A claim holding one string or a list of strings; absent means empty.
 fn string_or_list(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, AuthError> {
-    match lookup(claims, claim) {
+    match kubegate_policy::claim(claims, claim) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
@@ -533,7 +517,7 @@ mod tests {
             })))
             .unwrap();
         assert_eq!(
-            id.username, "kc:system:alice",
+            id.user, "kc:system:alice",
             "a prefix makes system: names safe"
         );
         assert_eq!(id.groups, vec!["kc:system:masters", "kc:devs"]);

@@ -83,15 +83,15 @@ impl KeyFetcher {
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let builder = match &issuer.certificate_authority {
             Some(ca) => {
-                let roots = crate::tls::root_store(&ca.value).map_err(std::io::Error::other)?;
-                let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                let roots = crate::listener::tls::root_store(&ca.value).map_err(std::io::Error::other)?;
+                let tls = rustls::ClientConfig::builder_with_provider(crate::listener::tls::provider())
                     .with_safe_default_protocol_versions()
                     .map_err(std::io::Error::other)?
                     .with_root_certificates(roots)
                     .with_no_client_auth();
                 builder.with_tls_config(tls)
             }
-            None => builder.with_provider_and_native_roots(crate::tls::provider())?,
+            None => builder.with_provider_and_native_roots(crate::listener::tls::provider())?,
         };
         let connector = if issuer.insecure_http {
             builder.https_or_http().enable_http1().build()
@@ -163,7 +163,7 @@ pub(crate) async fn fetch_key_set(
     fetcher: &KeyFetcher,
 ) -> Result<(KeySet, Option<Duration>), KeyLoadError> {
     let result = fetch(verifier, fetcher).await;
-    crate::observe::jwks_fetch(result.is_ok());
+    crate::ops::metrics::jwks_fetch(result.is_ok());
     result
 }
 

@@ -16,7 +16,6 @@ pub mod keys;
 pub(crate) mod websocket;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -29,47 +28,9 @@ pub use jwt::{IssuerVerifier, Verified};
 /// few KiB, and a cap keeps decoding cost bounded for unauthenticated input.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Who made a request, as the cluster should see them.
-#[derive(Clone, PartialEq)]
-pub struct Identity {
-    /// The Kubernetes username.
-    pub username: String,
-    /// A stable unique id for the user, when the issuer provides one.
-    pub uid: Option<String>,
-    /// The user's groups.
-    pub groups: Vec<String>,
-    /// Extra attributes forwarded as `Impersonate-Extra-<key>`.
-    pub extra: BTreeMap<String, Vec<String>>,
-    /// The verified token claims, for policy rules on claim values.
-    pub claims: serde_json::Map<String, serde_json::Value>,
-    /// The identity as the policy sees it, built once: a cached identity serves many
-    /// requests, and the claims need not be copied for each.
-    pub subject: std::sync::OnceLock<kubegate_policy::Subject>,
-}
-
-impl std::fmt::Debug for Identity {
-    // Claims may hold personal data; the log needs the name and groups only.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("username", &self.username)
-            .field("uid", &self.uid)
-            .field("groups", &self.groups)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Identity {
-    /// The identity as the policy engine sees it.
-    pub fn subject(&self) -> &kubegate_policy::Subject {
-        self.subject.get_or_init(|| kubegate_policy::Subject {
-            user: self.username.clone(),
-            groups: self.groups.clone(),
-            uid: self.uid.clone(),
-            extra: self.extra.clone(),
-            claims: self.claims.clone(),
-        })
-    }
-}
+/// Who made a request: the one identity type of the gateway, from authentication through
+/// policy, forwarding and audit (its `Debug` leaves the claims out).
+pub use kubegate_policy::Subject as Identity;
 
 /// Why a request was not authenticated. Display strings are safe to show the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,7 +87,7 @@ pub enum AuthError {
     Claims(String),
     /// The request relies on a client certificate that names no one.
     #[error("{0}")]
-    Certificate(crate::tls::UnreadableCert),
+    Certificate(crate::listener::tls::UnreadableCert),
 }
 
 impl AuthError {
@@ -194,7 +155,7 @@ impl Authenticator {
     pub fn authenticate_cached(
         &self,
         headers: &HeaderMap,
-        client_cert: Option<&crate::tls::ClientCert>,
+        client_cert: Option<&crate::listener::tls::ClientCert>,
     ) -> Option<Result<Arc<Identity>, AuthError>> {
         let token = match presented_token(headers) {
             Ok(Some(token)) => token,
@@ -242,7 +203,7 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
-        client_cert: Option<&crate::tls::ClientCert>,
+        client_cert: Option<&crate::listener::tls::ClientCert>,
     ) -> Result<Arc<Identity>, AuthError> {
         match self.authenticate_cached(headers, client_cert) {
             Some(result) => result,
@@ -253,10 +214,10 @@ impl Authenticator {
 
 /// A client certificate's identity, under the same reserved-name rule as tokens. An
 /// unreadable certificate is refused with its reason, never mapped to a partial identity.
-fn certificate_identity(cert: &crate::tls::ClientCert) -> Result<Identity, AuthError> {
+fn certificate_identity(cert: &crate::listener::tls::ClientCert) -> Result<Identity, AuthError> {
     let cert = match cert {
-        crate::tls::ClientCert::Identity(identity) => identity,
-        crate::tls::ClientCert::Unreadable(reason) => return Err(AuthError::Certificate(*reason)),
+        crate::listener::tls::ClientCert::Identity(identity) => identity,
+        crate::listener::tls::ClientCert::Unreadable(reason) => return Err(AuthError::Certificate(*reason)),
     };
     let reserved = |n: &str| n.starts_with("system:");
     if reserved(&cert.username) || cert.groups.iter().any(|g| reserved(g)) {
@@ -264,14 +225,7 @@ fn certificate_identity(cert: &crate::tls::ClientCert) -> Result<Identity, AuthE
             "certificate names starting with \"system:\" are reserved for the cluster".into(),
         ));
     }
-    Ok(Identity {
-        username: cert.username.clone(),
-        uid: None,
-        groups: cert.groups.clone(),
-        extra: BTreeMap::new(),
-        claims: serde_json::Map::new(),
-        subject: Default::default(),
-    })
+    Ok(Identity::new(cert.username.clone(), cert.groups.iter().cloned()))
 }
 
 /// The one bearer token the request presents, wherever the API server would read it from;
@@ -381,8 +335,8 @@ mod tests {
         );
     }
 
-    fn cert(username: &str, groups: &[&str]) -> crate::tls::ClientCert {
-        crate::tls::ClientCert::Identity(crate::tls::CertIdentity {
+    fn cert(username: &str, groups: &[&str]) -> crate::listener::tls::ClientCert {
+        crate::listener::tls::ClientCert::Identity(crate::listener::tls::CertIdentity {
             username: username.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
         })
@@ -390,7 +344,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_certificate_is_refused_with_its_reason() {
-        use crate::tls::{ClientCert, UnreadableCert};
+        use crate::listener::tls::{ClientCert, UnreadableCert};
         let err =
             certificate_identity(&ClientCert::Unreadable(UnreadableCert::Undecodable)).unwrap_err();
         assert_eq!(err, AuthError::Certificate(UnreadableCert::Undecodable));
@@ -400,23 +354,8 @@ mod tests {
             "{err}"
         );
         let alice = certificate_identity(&cert("alice", &["devs", "ops"])).unwrap();
-        assert_eq!(alice.username, "alice");
+        assert_eq!(alice.user, "alice");
         assert_eq!(alice.groups, vec!["devs", "ops"]);
         assert!(certificate_identity(&cert("alice", &["system:masters"])).is_err());
-    }
-
-    #[test]
-    fn identity_debug_hides_claims() {
-        let mut claims = serde_json::Map::new();
-        claims.insert("email".into(), "alice@example.com".into());
-        let id = Identity {
-            username: "alice".into(),
-            uid: None,
-            groups: vec![],
-            extra: BTreeMap::new(),
-            claims,
-            subject: Default::default(),
-        };
-        assert!(!format!("{id:?}").contains("example.com"));
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests answered, by `code`, `verb` and `decision`.
@@ -165,21 +165,4 @@ pub fn rate_limited(limit: &'static str) {
 /// Records a connection closed as soon as it was accepted (`address`).
 pub fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
-}
-
-/// Counts a request in flight until dropped.
-pub struct InFlight(());
-
-impl InFlight {
-    /// Starts counting.
-    pub fn start() -> Self {
-        gauge!(IN_FLIGHT).increment(1.0);
-        InFlight(())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        gauge!(IN_FLIGHT).decrement(1.0);
-    }
 }

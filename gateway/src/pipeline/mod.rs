@@ -3,13 +3,25 @@
 //! ```text
 //! request ─ normalise path ─ resolve attributes ─ bound query numbers ─ [address budget]
 //!         ─ authenticate ─ admit (rate, concurrency) ─ upgrade target? ─ authorize
-//!         ─ sanitise headers
-//!         ─ add credential + Impersonate-* + Audit-ID ─ forward ─ stream back ─ audit
+//!         ─ sanitise headers ─ add credential + Impersonate-* + Audit-ID
+//!         ─ forward ─ stream back ─ finish (metrics, log line, audit record)
 //! ```
 //!
 //! Each phase either hands the next one what it needs or returns a [`GatewayError`];
 //! nothing reaches the upstream unless every phase agreed. The path that is resolved and
-//! authorized is the path that is forwarded, byte for byte.
+//! authorized is the path that is forwarded, byte for byte. Each phase has a room of its
+//! own: [`admission`], [`authz`], [`headers`], [`stream`] and [`upgrade`] for the
+//! forwarding, [`response`] for what a response holds until its last byte, and
+//! [`finish`] for what every request leaves behind, whichever phase ended it.
+
+pub mod admission;
+pub mod authz;
+pub mod finish;
+pub mod headers;
+pub mod kind;
+pub mod response;
+pub mod stream;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -23,20 +35,21 @@ use axum::response::Response;
 use futures_util::FutureExt as _;
 use http::{HeaderValue, Method, Request, StatusCode, Version};
 use kubegate_config::Limits;
-use kubegate_policy::{Decision, RequestAttributes, normalize_path, resolve};
-use tracing::{info, warn};
+use kubegate_policy::{Decision, ForwardIdentity, RequestAttributes, normalize_path, resolve};
 
+use crate::audit::record::{self, Facts};
 use crate::audit::{AuditId, AuditLog, Stage, SummaryKey};
 use crate::authn::{Authenticator, Identity};
-use crate::authz::PolicyStore;
 use crate::error::GatewayError;
-use crate::forward::{ForwardedIdentity, add_gateway_headers, sanitize_request};
-use crate::limits::{Admission, Kind, Permit};
-use crate::observe;
-use crate::record::{self, Completion, Facts, Guarded, Pending};
-use crate::server::{ConnInfo, address_key};
+use crate::listener::{ConnInfo, address_key};
+use crate::ops::shutdown::ShutdownTrigger;
 use crate::upstream::Upstream;
-use crate::{stream, upgrade};
+use admission::Admission;
+use authz::PolicyStore;
+use headers::{add_gateway_headers, sanitize_request};
+use kind::RequestKind;
+use response::{Pending, ResponseGuard};
+use upgrade::Answer;
 
 /// Everything a request needs, shared by all connections.
 pub struct Gateway {
@@ -52,10 +65,10 @@ pub struct Gateway {
     pub admission: Admission,
     /// The audit trail.
     pub audit: AuditLog,
-    /// Audit records of ended streams still being written.
+    /// Final audit records of long-running responses, armed or still being written.
     pub pending_audit: Pending,
     /// Ends long-running streams when the gateway shuts down.
-    pub shutdown: record::ShutdownTrigger,
+    pub shutdown: ShutdownTrigger,
 }
 
 /// The user-facing application: every request goes through [`proxy`].
@@ -63,25 +76,43 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new().fallback(proxy).with_state(gateway)
 }
 
-/// What became of a request, phase by phase: the log line, the metrics and (later) the
-/// audit record are written from it, whatever phase ended the request.
-#[derive(Default)]
+/// What became of a request, phase by phase: [`finish`] writes the metrics, the log line
+/// and the audit record from it, whatever phase ended the request.
 struct Outcome {
+    started: Instant,
+    method: Method,
+    /// The request path as log lines carry it (bounded).
+    logged_path: String,
     attributes: Option<RequestAttributes>,
     identity: Option<Arc<Identity>>,
-    forwarded: Option<ForwardedIdentity>,
+    forwarded: Option<Arc<ForwardIdentity>>,
     decision: Option<Decision>,
+    kind: RequestKind,
     upstream_wait: Duration,
-    /// The admission slot, released with the response.
-    permit: Option<Permit>,
-    /// A watch, log follow or upgrade: audited at start and at end.
-    long_running: bool,
     /// Set just before the request goes to the upstream: from then on the API server may
     /// have seen it, so its record is never folded into a summary.
     sent_upstream: bool,
+    /// Everything the response holds until its last byte; taken by a spliced session.
+    guard: Option<ResponseGuard>,
 }
 
 impl Outcome {
+    fn new(request: &Request<Body>) -> Self {
+        Outcome {
+            started: Instant::now(),
+            method: request.method().clone(),
+            logged_path: record::logged_path(request.uri().path()).into_owned(),
+            attributes: None,
+            identity: None,
+            forwarded: None,
+            decision: None,
+            kind: RequestKind::Ordinary,
+            upstream_wait: Duration::ZERO,
+            sent_upstream: false,
+            guard: Some(ResponseGuard::new()),
+        }
+    }
+
     fn decision_label(&self) -> &'static str {
         match &self.decision {
             Some(d) if d.allowed => "allow",
@@ -98,13 +129,11 @@ impl Outcome {
         !self.sent_upstream && (self.decision.is_none() || status == StatusCode::TOO_MANY_REQUESTS)
     }
 
-    /// Whose refusals the record is counted with: the verified user, else the client's
-    /// address.
     /// Whose window a summarised refusal counts in: the verified user, else the client's
     /// address as every per-address bound counts it (IPv6 by its prefix).
     fn summary_key(&self, facts: &Facts, ipv6_prefix_length: u8) -> SummaryKey {
         match (&self.identity, facts.source_ip) {
-            (Some(identity), _) => SummaryKey::User(identity.username.clone()),
+            (Some(identity), _) => SummaryKey::User(identity.user.clone()),
             (None, Some(ip)) => {
                 SummaryKey::Address(address_key(ip, ipv6_prefix_length).to_string())
             }
@@ -124,15 +153,24 @@ impl Outcome {
         );
         a
     }
+
+    /// The audit record of this request at `stage`, answered with `code`.
+    fn event(&self, facts: &Facts, stage: Stage, code: StatusCode, gateway_time: Duration) -> crate::audit::Event {
+        record::event(
+            facts,
+            stage,
+            self.attributes.as_ref(),
+            self.identity.as_ref(),
+            self.forwarded.as_ref(),
+            code.as_u16(),
+            self.annotations(gateway_time),
+        )
+    }
 }
 
-async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> Response {
-    let started = Instant::now();
-    let _in_flight = observe::InFlight::start();
-    let method = request.method().clone();
-    // For the log lines: bounded, since the client chooses it.
-    let path = record::logged_path(request.uri().path()).into_owned();
-    let facts = Facts {
+/// The facts of a request its audit record starts from.
+fn facts(request: &Request<Body>) -> Facts {
+    Facts {
         audit_id: AuditId::new(),
         received: SystemTime::now(),
         request_uri: request.uri().path_and_query().map_or_else(
@@ -145,86 +183,14 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> R
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-    };
-    let mut outcome = Outcome::default();
-    let handled = contain_panic(gateway.handle(request, &facts, &mut outcome)).await;
-    let mut response = match handled {
-        Ok(response) => response,
-        Err(error) => {
-            match &error {
-                GatewayError::Unauthenticated(e) => observe::auth_failure(e.category()),
-                GatewayError::TooManyRequests { limit, .. } => observe::rate_limited(limit),
-                _ => {}
-            }
-            if error.status().is_server_error() {
-                warn!(%method, %path, audit_id = %facts.audit_id, error = %error, source = ?std::error::Error::source(&error), "request failed");
-            }
-            error.into_response()
-        }
-    };
-    let elapsed = started.elapsed();
-    let status = response.status();
-    let verb = outcome
-        .attributes
-        .as_ref()
-        .map_or("other", |a| observe::verb_label(a.verb()));
-    observe::request_done(
-        status.as_u16(),
-        verb,
-        outcome.decision_label(),
-        elapsed,
-        outcome.upstream_wait,
-    );
-    info!(
-        %method,
-        %path,
-        audit_id = %facts.audit_id,
-        user = outcome.identity.as_ref().map_or("-", |i| i.username.as_str()),
-        decision = outcome.decision.as_ref().map(|d| d.reason()).as_deref().unwrap_or("-"),
-        status = status.as_u16(),
-        elapsed_ms = elapsed.as_secs_f64() * 1e3,
-        "request"
-    );
+    }
+}
 
-    // The audit record: the same ID goes to the client and (in `handle`) upstream.
-    if let Ok(id) = HeaderValue::from_str(facts.audit_id.as_str()) {
-        response.headers_mut().insert("audit-id", id);
-    }
-    let streaming =
-        outcome.long_running && (status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS);
-    let event = record::event(
-        &facts,
-        if streaming {
-            Stage::ResponseStarted
-        } else {
-            Stage::ResponseComplete
-        },
-        outcome.attributes.as_ref(),
-        outcome.identity.as_deref(),
-        outcome.forwarded.as_ref(),
-        status.as_u16(),
-        outcome.annotations(elapsed.saturating_sub(outcome.upstream_wait)),
-    );
-    if outcome.summarised(status) {
-        let key = outcome.summary_key(&facts, gateway.limits.ipv6_prefix_length);
-        gateway.audit.record_refusal(key, &event).await;
-    } else {
-        gateway.audit.record(&event).await;
-    }
-    if streaming && status != StatusCode::SWITCHING_PROTOCOLS {
-        // The stream's end writes `ResponseComplete` and frees its slot.
-        let completion = Completion::new(
-            outcome.permit.take(),
-            Some((gateway.audit.clone(), event)),
-            &gateway.pending_audit,
-        );
-        let (parts, body) = response.into_parts();
-        response = Response::from_parts(
-            parts,
-            Body::new(Guarded::new(body, completion, gateway.shutdown.signal())),
-        );
-    }
-    response
+async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> Response {
+    let facts = facts(&request);
+    let mut outcome = Outcome::new(&request);
+    let handled = contain_panic(gateway.handle(request, &facts, &mut outcome)).await;
+    finish::finish(&gateway, &facts, outcome, handled).await
 }
 
 impl Gateway {
@@ -234,7 +200,6 @@ impl Gateway {
         facts: &Facts,
         outcome: &mut Outcome,
     ) -> Result<Response, GatewayError> {
-        let audit_id = &facts.audit_id;
         let conn = request
             .extensions()
             .get::<ConnInfo>()
@@ -265,7 +230,7 @@ impl Gateway {
                 self.authn.verify_token(&parts.headers).await?
             }
         };
-        outcome.identity = Some(identity.clone());
+        let identity = &*outcome.identity.insert(identity);
 
         // Connection upgrades (exec, attach, port-forward) take every phase like any other
         // request. Read before sanitising, which drops `Upgrade` as hop-by-hop; only
@@ -274,17 +239,15 @@ impl Gateway {
 
         // 3. Within their quota? Every request costs a token of the user's rate, before
         // the policy is asked, so a flood of refused requests is throttled too; a
-        // long-running one also takes a stream slot instead of a request slot.
-        outcome.long_running = upgrade.is_some() || attributes.is_long_running();
-        let kind = if outcome.long_running {
-            Kind::Stream
-        } else {
-            Kind::Request
-        };
-        outcome.permit = Some(
-            self.admission
-                .admit(&identity.username, &identity.groups, kind)?,
-        );
+        // long-running one takes a stream slot instead of a request slot. The slot is
+        // the response's until its last byte.
+        outcome.kind = RequestKind::of(attributes, upgrade.is_some());
+        let permit = self
+            .admission
+            .admit(&identity.user, &identity.groups, outcome.kind)?;
+        if let Some(guard) = outcome.guard.as_mut() {
+            guard.hold_permit(permit);
+        }
         // Only endpoints that switch protocols may be upgraded; asked after admission, so
         // upgrade headers are no way around the quota either.
         if upgrade.is_some() {
@@ -292,25 +255,17 @@ impl Gateway {
         }
 
         // 4. May they?
-        let decision = self
+        let forwarded = self
             .policy
-            .snapshot()
-            .decide(identity.subject(), attributes);
-        let allowed = decision.allowed;
-        let forwarded = forwarded_identity(&identity, &decision);
-        let denial = (!allowed).then(|| forbidden_message(&identity, attributes, &decision));
-        outcome.decision = Some(decision);
-        if let Some(message) = denial {
-            return Err(GatewayError::Forbidden { message });
-        }
-        outcome.forwarded = Some(forwarded.clone());
+            .authorize(identity, attributes, &mut outcome.decision)?;
+        let forwarded = &*outcome.forwarded.insert(forwarded);
 
         // 5. Headers: the client's credentials and identity claims out, ours in.
         sanitize_request(&mut parts.headers);
         let credential = self.upstream.authorization().await?;
-        add_gateway_headers(&mut parts.headers, credential, &forwarded, peer)?;
+        add_gateway_headers(&mut parts.headers, credential, forwarded, peer)?;
         // The API server records this ID too, so both audit trails can be joined.
-        if let Ok(id) = HeaderValue::from_str(audit_id.as_str()) {
+        if let Ok(id) = HeaderValue::from_str(facts.audit_id.as_str()) {
             parts.headers.insert("audit-id", id);
         }
 
@@ -327,41 +282,39 @@ impl Gateway {
         let sent = Instant::now();
         let response = match upgrade {
             // Spliced only once the upstream switched protocols as asked (upgrade.rs).
-            Some(upgrade) => {
-                // The spliced connection keeps the slot and writes `ResponseComplete` when
-                // it closes; a refused upgrade hands the completion back.
-                let completion = Completion::new(
-                    outcome.permit.take(),
-                    Some((self.audit.clone(), upgrade_completion(facts, outcome))),
-                    &self.pending_audit,
-                );
-                upgrade::forward(
-                    &self.upstream,
-                    &self.limits,
-                    upgrade,
-                    parts,
-                    body,
-                    completion,
-                    self.shutdown.signal(),
-                )
-                .await
-                .map(|(response, returned)| {
-                    if let Some(mut completion) = returned {
-                        completion.disarm();
-                        outcome.permit = completion.into_permit();
-                    }
-                    response
-                })
-            }
+            Some(upgrade) => match upgrade::forward(&self.upstream, upgrade, parts, body).await {
+                Ok(Answer::Switched(switched)) => {
+                    // The spliced session holds the response's guard, and writes the
+                    // final record when it closes.
+                    let mut guard = outcome.guard.take().unwrap_or_default();
+                    guard.hold_stream(RequestKind::Upgrade, None);
+                    let closed = outcome.event(
+                        facts,
+                        Stage::ResponseComplete,
+                        StatusCode::SWITCHING_PROTOCOLS,
+                        Duration::ZERO,
+                    );
+                    guard.arm_final_record(self.audit.clone(), closed, &self.pending_audit);
+                    Ok(switched.splice(
+                        guard,
+                        self.limits.stream_idle_timeout,
+                        self.shutdown.signal(),
+                    ))
+                }
+                Ok(Answer::Refused(response)) => Ok(response),
+                Err(error) => Err(error),
+            },
             // 7. The body capped and streamed up, the answer streamed back (stream.rs).
             None => {
+                let guard = outcome.guard.get_or_insert_with(ResponseGuard::new);
                 stream::forward(
                     &self.upstream,
                     &self.limits,
-                    attributes,
+                    outcome.kind,
                     timeout_seconds,
                     parts,
                     body,
+                    guard,
                 )
                 .await
             }
@@ -392,72 +345,6 @@ async fn contain_panic(
         })
 }
 
-/// The `ResponseComplete` record an upgraded connection writes when it closes.
-fn upgrade_completion(facts: &Facts, outcome: &Outcome) -> crate::audit::Event {
-    record::event(
-        facts,
-        Stage::ResponseComplete,
-        outcome.attributes.as_ref(),
-        outcome.identity.as_deref(),
-        outcome.forwarded.as_ref(),
-        StatusCode::SWITCHING_PROTOCOLS.as_u16(),
-        outcome.annotations(Duration::ZERO),
-    )
-}
-
-/// The identity sent upstream: the person, or the narrower identity the deciding rule maps
-/// them to.
-fn forwarded_identity(identity: &Identity, decision: &Decision) -> ForwardedIdentity {
-    match &decision.forward_as {
-        Some(mapped) => ForwardedIdentity {
-            user: mapped.user.clone(),
-            groups: mapped.groups.clone(),
-            uid: mapped.uid.clone(),
-            extra: mapped.extra.clone(),
-        },
-        None => ForwardedIdentity {
-            user: identity.username.clone(),
-            groups: identity.groups.clone(),
-            uid: identity.uid.clone(),
-            extra: identity.extra.clone(),
-        },
-    }
-}
-
-/// A denial worded like the API server's own, plus the policy's reason, so kubectl users
-/// recognise it and policy owners can find the rule.
-fn forbidden_message(
-    identity: &Identity,
-    attrs: &RequestAttributes,
-    decision: &Decision,
-) -> String {
-    let who = format!("User {:?}", identity.username);
-    let what = match attrs {
-        RequestAttributes::Resource(r) => {
-            let resource = if r.subresource.is_empty() {
-                r.resource.clone()
-            } else {
-                format!("{}/{}", r.resource, r.subresource)
-            };
-            let mut s = format!(
-                "{who} cannot {} resource {resource:?} in API group {:?}",
-                r.verb, r.api_group
-            );
-            if !r.namespace.is_empty() {
-                s.push_str(&format!(" in the namespace {:?}", r.namespace));
-            }
-            if !r.name.is_empty() {
-                s.push_str(&format!(" (name {:?})", r.name));
-            }
-            s
-        }
-        RequestAttributes::NonResource(n) => {
-            format!("{who} cannot {} path {:?}", n.verb, n.path)
-        }
-    };
-    format!("{what}: {}", decision.reason())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,7 +358,8 @@ mod tests {
             source_ip: Some(ip.parse().unwrap()),
             user_agent: None,
         };
-        let anonymous = Outcome::default();
+        let request = Request::new(Body::empty());
+        let anonymous = Outcome::new(&request);
         let key = |ip: &str| anonymous.summary_key(&facts(ip), 64);
         // One host's /64 is one client, whichever address in it a request comes from.
         assert_eq!(key("2001:db8:0:1::1"), key("2001:db8:0:1:ffff::9"));

@@ -36,15 +36,16 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use kubegate_config::Limits;
 use kubegate_policy::RequestAttributes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::error::GatewayError;
-use crate::forward::strip_hop_by_hop;
-use crate::stream::{Bounds, Held, OpenStream, StreamKind, relay};
+use crate::pipeline::headers::strip_hop_by_hop;
+use crate::ops::shutdown::Shutdown;
+use crate::pipeline::response::ResponseGuard;
+use crate::pipeline::stream::{Bounds, relay};
 use crate::upstream::Upstream;
 
 /// The upgrade protocols the gateway splices.
@@ -184,20 +185,33 @@ fn protocol_of(version: Version, headers: &HeaderMap) -> Result<Option<Protocol>
     Ok(Some(protocol))
 }
 
+/// What the upstream answered an upgrade request.
+pub enum Answer {
+    /// It switched protocols as asked: splice with [`Switched::splice`].
+    Switched(Switched),
+    /// Anything else (401, 403, 404, 400 "Upgrade request required", ...), relayed as an
+    /// ordinary response. hyper keeps the client's connection plain HTTP when the answer
+    /// is not 101, and neither connection is ever spliced.
+    Refused(Response),
+}
+
+/// An upstream connection that has switched protocols, waiting to be spliced to the
+/// client's.
+pub struct Switched {
+    head: http::response::Parts,
+    protocol: Protocol,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+}
+
 /// Sends the prepared (sanitised, impersonated) upgrade request upstream over HTTP/1.1
-/// and, if the upstream switches protocols as asked, answers the client `101` and splices
-/// the connections in the background. `keep` lives as long as the spliced connection (the
-/// caller's admission slot and end-of-session audit record); when the upstream refuses the
-/// upgrade it is handed back with the relayed answer.
-pub async fn forward<K: Send + 'static>(
+/// and tells whether the upstream switched protocols as asked.
+pub async fn forward(
     upstream: &Upstream,
-    limits: &Limits,
     upgrade: Upgrade,
     mut parts: Parts,
     body: Body,
-    keep: K,
-    shutdown: crate::record::Shutdown,
-) -> Result<(Response, Option<K>), GatewayError> {
+) -> Result<Answer, GatewayError> {
     // Bytes sent before the switch would have to reach the upstream before the spliced
     // ones; no Kubernetes client sends any, so none are accepted.
     if !body.is_end_stream() {
@@ -216,16 +230,10 @@ pub async fn forward<K: Send + 'static>(
         .await?;
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // A refusal (401, 403, 404, 400 "Upgrade request required", ...). hyper keeps the
-        // client's connection plain HTTP when the answer is not 101.
-        return Ok((
-            relay(
-                response,
-                Bounds::ordinary(upstream.timeout()),
-                Held::default(),
-            ),
-            Some(keep),
-        ));
+        return Ok(Answer::Refused(relay(
+            response,
+            Bounds::ordinary(upstream.timeout()),
+        )));
     }
     check_switch(upgrade.protocol, response.headers())
         .map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?;
@@ -236,48 +244,64 @@ pub async fn forward<K: Send + 'static>(
     head.headers
         .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     head.headers.insert(UPGRADE, token);
+    Ok(Answer::Switched(Switched {
+        head,
+        protocol: upgrade.protocol,
+        client: upgrade.client,
+        upstream: upstream_io,
+    }))
+}
 
-    let open = OpenStream::new(StreamKind::Upgrade);
-    let idle = limits.stream_idle_timeout;
-    let protocol = upgrade.protocol;
-    let client_io = upgrade.client;
-    tokio::spawn(async move {
-        let _open = open;
-        let _keep = keep;
-        // The client's side resolves once hyper has written the 101 below.
-        let (client, upstream) = match tokio::try_join!(client_io, upstream_io) {
-            Ok(pair) => pair,
-            Err(error) => {
-                debug!(%error, "upgrade abandoned before the splice");
-                return;
+impl Switched {
+    /// The `101` for the client. Once hyper has written it, the two connections are
+    /// spliced in the background; `guard` (the response's slot, open-stream count and
+    /// end-of-session audit record) lives exactly as long as the spliced session, which
+    /// ends when both directions finish, either side fails, nothing moves for `idle`, or
+    /// the gateway shuts down.
+    pub fn splice(self, guard: ResponseGuard, idle: Duration, shutdown: Shutdown) -> Response {
+        let Switched {
+            head,
+            protocol,
+            client,
+            upstream,
+        } = self;
+        tokio::spawn(async move {
+            let _guard = guard;
+            // The client's side resolves once hyper has written the 101 below.
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(error) => {
+                    debug!(%error, "upgrade abandoned before the splice");
+                    return;
+                }
+            };
+            let started = Instant::now();
+            // Shutdown closes the session (both sockets) instead of waiting it out.
+            let spliced = tokio::select! {
+                spliced = splice(TokioIo::new(client), TokioIo::new(upstream), idle) => spliced,
+                () = shutdown.wait() => {
+                    debug!(protocol = protocol.token(), "upgraded connection closed for shutdown");
+                    return;
+                }
+            };
+            match spliced {
+                Ok((up, down)) => debug!(
+                    protocol = protocol.token(),
+                    bytes_up = up,
+                    bytes_down = down,
+                    seconds = started.elapsed().as_secs(),
+                    "upgraded connection closed"
+                ),
+                Err(error) => debug!(
+                    protocol = protocol.token(),
+                    %error,
+                    seconds = started.elapsed().as_secs(),
+                    "upgraded connection ended"
+                ),
             }
-        };
-        let started = Instant::now();
-        // Shutdown closes the session (both sockets) instead of waiting it out.
-        let spliced = tokio::select! {
-            spliced = splice(TokioIo::new(client), TokioIo::new(upstream), idle) => spliced,
-            () = shutdown.wait() => {
-                debug!(protocol = protocol.token(), "upgraded connection closed for shutdown");
-                return;
-            }
-        };
-        match spliced {
-            Ok((up, down)) => debug!(
-                protocol = protocol.token(),
-                bytes_up = up,
-                bytes_down = down,
-                seconds = started.elapsed().as_secs(),
-                "upgraded connection closed"
-            ),
-            Err(error) => debug!(
-                protocol = protocol.token(),
-                %error,
-                seconds = started.elapsed().as_secs(),
-                "upgraded connection ended"
-            ),
-        }
-    });
-    Ok((Response::from_parts(head, Body::empty()), None))
+        });
+        Response::from_parts(head, Body::empty())
+    }
 }
 
 /// The upstream's `101` must switch to exactly the protocol asked for.

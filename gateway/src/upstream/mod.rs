@@ -204,7 +204,7 @@ impl Upstream {
         // One pool per connection thread, and one for everything else (health probes on
         // the main runtime): a connection whose task lives on another runtime would put
         // a cross-thread wake-up back into every request that reused it.
-        let clients = (0..=crate::server::default_connection_threads())
+        let clients = (0..=crate::listener::default_connection_threads())
             .map(|_| build_client(http1.clone()))
             .collect();
         let streams = Arc::new(StreamPool {
@@ -295,7 +295,7 @@ impl Upstream {
     fn client(&self) -> &HttpsClient {
         let clients = &self.inner.clients;
         let (threads, other) = clients.split_at(clients.len() - 1);
-        match crate::server::current_thread_index() {
+        match crate::listener::current_thread_index() {
             Some(i) if !threads.is_empty() => &threads[i % threads.len()],
             _ => &other[0],
         }

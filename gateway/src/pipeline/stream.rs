@@ -22,106 +22,59 @@ use http::request::Parts;
 use http::{HeaderMap, Request};
 use http_body::{Frame, SizeHint};
 use kubegate_config::Limits;
-use kubegate_policy::RequestAttributes;
 use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tracing::debug;
 
 use crate::error::GatewayError;
-use crate::forward::strip_hop_by_hop;
-use crate::observe::OPEN_STREAMS;
-use crate::upstream::{StreamLease, Upstream};
+use crate::pipeline::headers::strip_hop_by_hop;
+use crate::pipeline::kind::RequestKind;
+use crate::pipeline::response::ResponseGuard;
+use crate::upstream::Upstream;
 
 /// After the client's own `timeoutSeconds`, the gateway waits this much longer before it
 /// ends a watch itself, so that the API server's clean end normally comes first.
 const TIMEOUT_SECONDS_GRACE: Duration = Duration::from_secs(5);
 
-/// What kind of long-running stream a request opens, as the `kind` label of
-/// `kubegate_open_streams`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
-    /// `?watch=true` or the legacy `/watch/` paths.
-    Watch,
-    /// Any other long-running response: `logs --follow`, proxy.
-    Stream,
-    /// A spliced connection: exec, attach, port-forward.
-    Upgrade,
-}
-
-impl StreamKind {
-    /// The kind of a request that is not an upgrade, or `None` for an ordinary request.
-    pub fn of(attributes: &RequestAttributes) -> Option<Self> {
-        if !attributes.is_long_running() {
-            None
-        } else if attributes.verb() == "watch" {
-            Some(StreamKind::Watch)
-        } else {
-            Some(StreamKind::Stream)
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            StreamKind::Watch => "watch",
-            StreamKind::Stream => "stream",
-            StreamKind::Upgrade => "upgrade",
-        }
-    }
-}
-
-/// Counts one open stream in `kubegate_open_streams` until dropped, so every way a stream
-/// can end (finished, client gone, upstream gone, timed out, task cancelled) uncounts it.
-#[derive(Debug)]
-pub struct OpenStream(StreamKind);
-
-impl OpenStream {
-    /// Starts counting a stream of `kind`.
-    pub fn new(kind: StreamKind) -> Self {
-        metrics::gauge!(OPEN_STREAMS, "kind" => kind.label()).increment(1.0);
-        OpenStream(kind)
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        metrics::gauge!(OPEN_STREAMS, "kind" => self.0.label()).decrement(1.0);
-    }
-}
-
 /// Sends an authorized, sanitised request that is not an upgrade, and streams the answer
 /// back: the request body under the cap (unless the request is long-running), the
 /// response with hop-by-hop headers removed, bounded by [`Bounds`]. `timeout_seconds` is
-/// the client's own, already bounded by the pipeline.
+/// the client's own, already bounded by the pipeline. A long-running response's
+/// open-stream count and upstream lease go into `guard`, which lives as long as the body.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     upstream: &Upstream,
     limits: &Limits,
-    attributes: &RequestAttributes,
+    kind: RequestKind,
     timeout_seconds: Option<u64>,
     parts: Parts,
     body: Body,
+    guard: &mut ResponseGuard,
 ) -> Result<Response, GatewayError> {
-    let kind = StreamKind::of(attributes);
-    let bounds = match kind {
-        Some(_) => Bounds {
+    let long_running = kind.is_long_running();
+    let bounds = if long_running {
+        Bounds {
             idle: limits.stream_idle_timeout,
             deadline: timeout_seconds
                 .map(|t| Duration::from_secs(t).saturating_add(TIMEOUT_SECONDS_GRACE)),
             end_cleanly: true,
-        },
-        None => Bounds::ordinary(upstream.timeout()),
+        }
+    } else {
+        Bounds::ordinary(upstream.timeout())
     };
-    let cap = kind.is_none().then_some(limits.max_request_body);
+    let cap = (!long_running).then_some(limits.max_request_body);
     let (body, watch) = request_body(&parts.headers, body, cap)?;
     let request = Request::from_parts(parts, body);
-    let sent = match kind {
-        Some(_) => upstream
+    let sent = if long_running {
+        upstream
             .send_long_running(request)
             .await
-            .map(|(response, lease)| (response, Some(lease))),
-        None => upstream
+            .map(|(response, lease)| (response, Some(lease)))
+    } else {
+        upstream
             .send(request)
             .await
-            .map(|response| (response, None)),
+            .map(|response| (response, None))
     };
     let (response, lease) = match sent {
         // The upstream request failed because of the client's body (cut off by our cap, or
@@ -129,29 +82,22 @@ pub async fn forward(
         Err(upstream_error) => return Err(watch.blame(upstream_error)),
         Ok(pair) => pair,
     };
-    let open = kind.map(OpenStream::new);
-    Ok(relay(response, bounds, Held { open, lease }))
+    if long_running {
+        guard.hold_stream(kind, lease);
+    }
+    Ok(relay(response, bounds))
 }
 
 /// The upstream's response for the client: hop-by-hop headers removed, the body streamed
-/// under `bounds`, `held` released when the body is dropped.
-pub fn relay<B>(response: http::Response<B>, bounds: Bounds, held: Held) -> Response
+/// under `bounds`.
+pub fn relay<B>(response: http::Response<B>, bounds: Bounds) -> Response
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Body::new(ResponseBody::new(body, bounds, held)))
-}
-
-/// What a response body keeps alive until it is dropped.
-#[derive(Debug, Default)]
-pub struct Held {
-    /// The open-stream count.
-    pub open: Option<OpenStream>,
-    /// The slot on a long-running upstream connection.
-    pub lease: Option<StreamLease>,
+    Response::from_parts(parts, Body::new(ResponseBody::new(body, bounds)))
 }
 
 /// How long a response body may make the client wait.
@@ -201,12 +147,11 @@ pub struct ResponseBody<B> {
     /// does the idle timer run.
     waiting: bool,
     done: bool,
-    _held: Held,
 }
 
 impl<B> ResponseBody<B> {
     /// Wraps `inner`; the deadline starts now.
-    pub fn new(inner: B, bounds: Bounds, held: Held) -> Self {
+    pub fn new(inner: B, bounds: Bounds) -> Self {
         let now = Instant::now();
         ResponseBody {
             inner,
@@ -219,7 +164,6 @@ impl<B> ResponseBody<B> {
                 .map(|at| Box::pin(tokio::time::sleep_until(at))),
             waiting: false,
             done: false,
-            _held: held,
         }
     }
 
@@ -420,8 +364,6 @@ impl http_body::Body for WatchedBody {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
-
     use futures_util::StreamExt as _;
     use http_body_util::{BodyExt as _, StreamBody};
 
@@ -452,7 +394,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_long_running_stream_ends_cleanly() {
-        let mut body = ResponseBody::new(hanging(&["a", "b"]), long_running(60), Held::default());
+        let mut body = ResponseBody::new(hanging(&["a", "b"]), long_running(60));
         let started = Instant::now();
         assert_eq!(
             body.frame().await.unwrap().unwrap().into_data().unwrap(),
@@ -471,8 +413,7 @@ mod tests {
     async fn an_idle_ordinary_response_is_an_error() {
         let mut body = ResponseBody::new(
             hanging(&["a"]),
-            Bounds::ordinary(Duration::from_secs(30)),
-            Held::default(),
+            Bounds::ordinary(Duration::from_secs(30))
         );
         body.frame().await.unwrap().unwrap();
         let error = body.frame().await.unwrap().unwrap_err();
@@ -482,7 +423,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_is_not_idle() {
-        let mut body = ResponseBody::new(hanging(&["a", "b"]), long_running(10), Held::default());
+        let mut body = ResponseBody::new(hanging(&["a", "b"]), long_running(10));
         body.frame().await.unwrap().unwrap();
         // The client takes far longer than the idle timeout to ask for the next frame,
         // which the upstream had ready all along.
@@ -510,7 +451,7 @@ mod tests {
             deadline: Some(Duration::from_secs(5)),
             ..long_running(2)
         };
-        let body = ResponseBody::new(StreamBody::new(ticks.boxed()), bounds, Held::default());
+        let body = ResponseBody::new(StreamBody::new(ticks.boxed()), bounds);
         let started = Instant::now();
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(collected.len(), 4 * 4, "{collected:?}");
@@ -530,7 +471,7 @@ mod tests {
                 deadline: Some(deadline),
                 ..long_running(5)
             };
-            let mut body = ResponseBody::new(hanging(&["a"]), bounds, Held::default());
+            let mut body = ResponseBody::new(hanging(&["a"]), bounds);
             body.frame().await.unwrap().unwrap();
             let asked = Instant::now();
             assert!(body.frame().await.is_none());
@@ -538,8 +479,7 @@ mod tests {
         }
         let body = ResponseBody::new(
             hanging(&[]),
-            Bounds::ordinary(Duration::MAX),
-            Held::default(),
+            Bounds::ordinary(Duration::MAX)
         );
         drop(body);
     }
@@ -623,95 +563,5 @@ mod tests {
             watch.blame(upstream_down()),
             GatewayError::UpstreamUnavailable(_)
         ));
-    }
-
-    /// Records the value of every gauge in one cell (the tests use one gauge at a time).
-    struct OneGauge(Arc<AtomicU64>);
-
-    impl metrics::Recorder for OneGauge {
-        fn describe_counter(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_gauge(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_histogram(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn register_counter(
-            &self,
-            _: &metrics::Key,
-            _: &metrics::Metadata<'_>,
-        ) -> metrics::Counter {
-            metrics::Counter::noop()
-        }
-        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-            assert_eq!(key.name(), OPEN_STREAMS);
-            assert!(
-                key.labels()
-                    .any(|l| l.key() == "kind" && l.value() == "watch")
-            );
-            metrics::Gauge::from_arc(self.0.clone())
-        }
-        fn register_histogram(
-            &self,
-            _: &metrics::Key,
-            _: &metrics::Metadata<'_>,
-        ) -> metrics::Histogram {
-            metrics::Histogram::noop()
-        }
-    }
-
-    #[test]
-    fn open_streams_are_counted_until_dropped() {
-        let cell = Arc::new(AtomicU64::new(0f64.to_bits()));
-        let value = || f64::from_bits(cell.load(Ordering::SeqCst));
-        // The response body arms timers, which need a runtime.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let _entered = runtime.enter();
-        metrics::with_local_recorder(&OneGauge(cell.clone()), || {
-            let first = OpenStream::new(StreamKind::Watch);
-            let second = OpenStream::new(StreamKind::Watch);
-            assert_eq!(value(), 2.0);
-            drop(first);
-            assert_eq!(value(), 1.0);
-            // A body that is dropped unfinished (client gone) releases its count too.
-            let body = ResponseBody::new(
-                Body::empty(),
-                long_running(1),
-                Held {
-                    open: Some(second),
-                    lease: None,
-                },
-            );
-            drop(body);
-            assert_eq!(value(), 0.0);
-        });
-    }
-
-    #[test]
-    fn only_long_running_requests_are_streams() {
-        let path = kubegate_policy::normalize_path("/api/v1/namespaces/dev/pods").unwrap();
-        let of = |query| StreamKind::of(&kubegate_policy::resolve("GET", &path, query));
-        assert_eq!(of(Some("watch=true")), Some(StreamKind::Watch));
-        assert_eq!(of(None), None);
-        let logs = kubegate_policy::normalize_path("/api/v1/namespaces/dev/pods/a/log").unwrap();
-        let attributes = kubegate_policy::resolve("GET", &logs, Some("follow=true"));
-        assert_eq!(StreamKind::of(&attributes), Some(StreamKind::Stream));
     }
 }

@@ -96,7 +96,7 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
 async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::observe::recorder().render(),
+        crate::ops::metrics::recorder().render(),
     )
         .into_response()
 }

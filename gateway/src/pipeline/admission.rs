@@ -27,6 +27,7 @@ use governor::{Quota, RateLimiter};
 use kubegate_config::{Limits, Rate, RateSubject};
 
 use crate::error::GatewayError;
+use crate::pipeline::kind::RequestKind;
 
 type Keyed<K, C> =
     RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -35,13 +36,26 @@ fn quota(rate: Rate) -> Quota {
     Quota::per_second(rate.per_second).allow_burst(rate.burst)
 }
 
-/// Which cap a request is counted against.
+/// Which limit refused a request: the `limit` label of `kubegate_rate_limited_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// An ordinary request: counted by the in-flight caps.
-    Request,
-    /// A watch, log follow or upgrade: counted by the stream caps.
-    Stream,
+pub enum Limit {
+    /// The identity's request quota.
+    User,
+    /// The client address's budget for credential checks.
+    Address,
+    /// A concurrency cap (in total or per identity).
+    Concurrency,
+}
+
+impl Limit {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::User => "user",
+            Limit::Address => "address",
+            Limit::Concurrency => "concurrency",
+        }
+    }
 }
 
 /// Admission state for one gateway.
@@ -109,7 +123,7 @@ impl Counter {
             .map_err(|_| GatewayError::Internal("admission state poisoned".into()))?;
         if state.total >= inner.max_total {
             return Err(GatewayError::TooManyRequests {
-                limit: "concurrency",
+                limit: Limit::Concurrency,
                 message: format!(
                     "the gateway is at its limit of {} concurrent {what}",
                     inner.max_total
@@ -120,7 +134,7 @@ impl Counter {
         let mine = state.per_user.get(user).copied().unwrap_or(0);
         if mine >= inner.max_per_user {
             return Err(GatewayError::TooManyRequests {
-                limit: "concurrency",
+                limit: Limit::Concurrency,
                 message: format!(
                     "you are at your limit of {} concurrent {what}",
                     inner.max_per_user
@@ -180,12 +194,12 @@ where
     }
 
     /// Charges unauthenticated work (a credential that still needs checking) to `ip`'s
-    /// address (an IPv6 address by its prefix: [`crate::server::address_key`]).
+    /// address (an IPv6 address by its prefix: [`crate::listener::address_key`]).
     pub fn check_unauthenticated(&self, ip: IpAddr) -> Result<(), GatewayError> {
         self.unauthenticated
-            .check_key(&crate::server::address_key(ip, self.ipv6_prefix_length))
+            .check_key(&crate::listener::address_key(ip, self.ipv6_prefix_length))
             .map_err(|not_until| GatewayError::TooManyRequests {
-                limit: "address",
+                limit: Limit::Address,
                 message: "too many unauthenticated requests from your address".into(),
                 retry_after: not_until.wait_time_from(self.clock.now()),
             })
@@ -194,18 +208,24 @@ where
     /// Admits a request from `user` in `groups`: a rate-bucket token (every request,
     /// long-running ones when they start: a watch costs the API server a list) and a
     /// concurrency slot of the kind's cap, held until the returned permit is dropped.
-    pub fn admit(&self, user: &str, groups: &[String], kind: Kind) -> Result<Permit, GatewayError> {
+    pub fn admit(
+        &self,
+        user: &str,
+        groups: &[String],
+        kind: RequestKind,
+    ) -> Result<Permit, GatewayError> {
         let bucket = &self.buckets[self.bucket_for(user, groups)];
         bucket
             .check_key(&user.to_string())
             .map_err(|not_until| GatewayError::TooManyRequests {
-                limit: "user",
+                limit: Limit::User,
                 message: "you are over your request quota".into(),
                 retry_after: not_until.wait_time_from(self.clock.now()),
             })?;
-        match kind {
-            Kind::Stream => self.streams.acquire(user, "streams"),
-            Kind::Request => self.requests.acquire(user, "requests"),
+        if kind.is_long_running() {
+            self.streams.acquire(user, "streams")
+        } else {
+            self.requests.acquire(user, "requests")
         }
     }
 
@@ -273,20 +293,20 @@ mod tests {
         let a = Admission::with_clock(&limits(), clock.clone());
         // Mallory spends her burst and is refused from then on.
         for _ in 0..3 {
-            drop(a.admit("mallory", &[], Kind::Request).unwrap());
+            drop(a.admit("mallory", &[], RequestKind::Ordinary).unwrap());
         }
         for _ in 0..100 {
-            let err = a.admit("mallory", &[], Kind::Request).err().unwrap();
+            let err = a.admit("mallory", &[], RequestKind::Ordinary).err().unwrap();
             assert!(matches!(err, GatewayError::TooManyRequests { .. }));
         }
         // Alice is untouched by Mallory's flood.
         for _ in 0..3 {
-            drop(a.admit("alice", &[], Kind::Request).unwrap());
+            drop(a.admit("alice", &[], RequestKind::Ordinary).unwrap());
         }
         // A second later Mallory has one more token, no more.
         clock.advance(Duration::from_secs(1));
-        drop(a.admit("mallory", &[], Kind::Request).unwrap());
-        assert!(a.admit("mallory", &[], Kind::Request).is_err());
+        drop(a.admit("mallory", &[], RequestKind::Ordinary).unwrap());
+        assert!(a.admit("mallory", &[], RequestKind::Ordinary).is_err());
     }
 
     #[test]
@@ -294,10 +314,10 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let a = Admission::with_clock(&limits(), clock.clone());
         for _ in 0..3 {
-            drop(a.admit("bob", &[], Kind::Request).unwrap());
+            drop(a.admit("bob", &[], RequestKind::Ordinary).unwrap());
         }
         clock.advance(Duration::from_millis(400));
-        match a.admit("bob", &[], Kind::Request) {
+        match a.admit("bob", &[], RequestKind::Ordinary) {
             Err(GatewayError::TooManyRequests { retry_after, .. }) => {
                 assert_eq!(retry_after, Duration::from_millis(600));
             }
@@ -320,12 +340,12 @@ mod tests {
         ];
         let a = Admission::with_clock(&l, FakeRelativeClock::default());
         for _ in 0..10 {
-            drop(a.admit("bot", &groups(&["ci"]), Kind::Request).unwrap());
+            drop(a.admit("bot", &groups(&["ci"]), RequestKind::Ordinary).unwrap());
         }
-        assert!(a.admit("bot", &groups(&["ci"]), Kind::Request).is_err());
+        assert!(a.admit("bot", &groups(&["ci"]), RequestKind::Ordinary).is_err());
         // The user entry wins over the group entry.
-        drop(a.admit("slow", &groups(&["ci"]), Kind::Request).unwrap());
-        assert!(a.admit("slow", &groups(&["ci"]), Kind::Request).is_err());
+        drop(a.admit("slow", &groups(&["ci"]), RequestKind::Ordinary).unwrap());
+        assert!(a.admit("slow", &groups(&["ci"]), RequestKind::Ordinary).is_err());
     }
 
     #[test]
@@ -337,19 +357,19 @@ mod tests {
             },
             FakeRelativeClock::default(),
         );
-        let p1 = a.admit("alice", &[], Kind::Request).unwrap();
-        let _p2 = a.admit("alice", &[], Kind::Request).unwrap();
-        assert!(a.admit("alice", &[], Kind::Request).is_err(), "two at once");
+        let p1 = a.admit("alice", &[], RequestKind::Ordinary).unwrap();
+        let _p2 = a.admit("alice", &[], RequestKind::Ordinary).unwrap();
+        assert!(a.admit("alice", &[], RequestKind::Ordinary).is_err(), "two at once");
         // A stream is counted apart, by its own cap.
-        let s1 = a.admit("alice", &[], Kind::Stream).unwrap();
+        let s1 = a.admit("alice", &[], RequestKind::Watch).unwrap();
         assert!(
-            a.admit("alice", &[], Kind::Stream).is_err(),
+            a.admit("alice", &[], RequestKind::Watch).is_err(),
             "one stream at once"
         );
         drop(p1);
-        drop(a.admit("alice", &[], Kind::Request).unwrap());
+        drop(a.admit("alice", &[], RequestKind::Ordinary).unwrap());
         drop(s1);
-        drop(a.admit("alice", &[], Kind::Stream).unwrap());
+        drop(a.admit("alice", &[], RequestKind::Watch).unwrap());
     }
 
     #[test]
@@ -364,16 +384,16 @@ mod tests {
         );
         // Watch churn: open and drop at once. The burst of 3 is spent, then 429.
         for _ in 0..3 {
-            drop(a.admit("churner", &[], Kind::Stream).unwrap());
+            drop(a.admit("churner", &[], RequestKind::Watch).unwrap());
         }
-        match a.admit("churner", &[], Kind::Stream) {
-            Err(GatewayError::TooManyRequests { limit, .. }) => assert_eq!(limit, "user"),
+        match a.admit("churner", &[], RequestKind::Watch) {
+            Err(GatewayError::TooManyRequests { limit, .. }) => assert_eq!(limit, Limit::User),
             other => panic!("expected 429, got {:?}", other.err()),
         }
         // Streams and requests share the one quota.
-        assert!(a.admit("churner", &[], Kind::Request).is_err());
+        assert!(a.admit("churner", &[], RequestKind::Ordinary).is_err());
         clock.advance(Duration::from_secs(1));
-        drop(a.admit("churner", &[], Kind::Stream).unwrap());
+        drop(a.admit("churner", &[], RequestKind::Watch).unwrap());
     }
 
     #[test]
@@ -406,7 +426,7 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let a = Admission::with_clock(&limits(), clock.clone());
         for i in 0..50 {
-            drop(a.admit(&format!("user{i}"), &[], Kind::Request).unwrap());
+            drop(a.admit(&format!("user{i}"), &[], RequestKind::Ordinary).unwrap());
         }
         assert_eq!(a.buckets[0].len(), 50);
         clock.advance(Duration::from_secs(60));

@@ -17,6 +17,8 @@
 //! which cost more CPU than the request's own work and made the latency tail depend on two
 //! threads being scheduled at once.
 
+pub mod tls;
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,7 +50,7 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// What the client certificate rustls verified says (an identity, or why it names
     /// no one); `None` when no certificate was presented.
-    pub client_cert: Option<Arc<crate::tls::ClientCert>>,
+    pub client_cert: Option<Arc<crate::listener::tls::ClientCert>>,
 }
 
 /// Connection-level settings (their defaults live in kubegate-config).
@@ -517,7 +519,7 @@ struct Refusals {
 
 impl Refusals {
     fn refused(&mut self, peer: SocketAddr) {
-        crate::observe::connection_refused("address");
+        crate::ops::metrics::connection_refused("address");
         self.unlogged += 1;
         let now = Instant::now();
         if self
@@ -563,7 +565,7 @@ async fn serve_connection(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .map(|leaf| Arc::new(crate::tls::client_cert(leaf)));
+        .map(|leaf| Arc::new(crate::listener::tls::client_cert(leaf)));
     let conn_info = ConnInfo { peer, client_cert };
     let activity = Arc::new(Activity::new(first_request_by, connections.idle_timeout));
     let app = connections.app.clone();

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::authz::PolicyStore;
-use crate::tls::{CertStore, load_certified_key};
+use crate::pipeline::authz::PolicyStore;
+use crate::listener::tls::{CertStore, load_certified_key};
 
 /// Editors save in several steps (truncate, write, rename); wait this long after the first
 /// event so one save is one reload, of the finished file.
@@ -147,7 +147,7 @@ impl PolicyReloader {
         let path = store.path().to_path_buf();
         let reloader = Reloader::start(&[&path], sighup, move |trigger| {
             let result = store.reload();
-            crate::observe::policy_reload(result.is_ok());
+            crate::ops::metrics::policy_reload(result.is_ok());
             match result {
                 Ok(warnings) => {
                     for w in &warnings {
@@ -182,11 +182,11 @@ impl CertReloader {
             move |trigger| match load_certified_key(&cert, &key) {
                 Ok(pair) => {
                     store.replace(pair);
-                    crate::observe::certificate_reload(true);
+                    crate::ops::metrics::certificate_reload(true);
                     info!(?trigger, cert = %cert.display(), "TLS certificate reloaded");
                 }
                 Err(e) => {
-                    crate::observe::certificate_reload(false);
+                    crate::ops::metrics::certificate_reload(false);
                     // During a rotation the key may land a moment after the certificate;
                     // the next event retries.
                     error!(?trigger, error = %e, "TLS certificate reload failed; keeping the current pair");
@@ -206,7 +206,7 @@ mod tests {
     const WIDER: &str = "default = \"deny\"\n[[rule]]\nname = \"all\"\neffect = \"allow\"\nsubjects = { authenticated = true }\npaths = [{ path = \"/version\" }]\n";
 
     fn store(path: &Path) -> Arc<PolicyStore> {
-        let (policy, _) = crate::authz::load_policy(path).unwrap();
+        let (policy, _) = crate::pipeline::authz::load_policy(path).unwrap();
         Arc::new(PolicyStore::new(path.to_path_buf(), policy))
     }
 

@@ -289,22 +289,22 @@ mod tests {
     #[test]
     fn the_last_cn_is_the_user_and_every_o_a_group() {
         // Subject CN=bob, O=devs, CN=alice, O=ops: Go's pkix.Name keeps the last CN.
-        let cert = der(include_bytes!("../tests/data/client-certs/two-cns.pem"));
+        let cert = der(include_bytes!("../../tests/data/client-certs/two-cns.pem"));
         assert_eq!(client_cert(&cert), identity("alice", &["devs", "ops"]));
     }
 
     #[test]
     fn bmp_and_t61_strings_are_decoded_as_go_decodes_them() {
-        let bmp = der(include_bytes!("../tests/data/client-certs/bmp.pem"));
+        let bmp = der(include_bytes!("../../tests/data/client-certs/bmp.pem"));
         assert_eq!(client_cert(&bmp), identity("dave", &["devs", "team_bmp"]));
-        let t61 = der(include_bytes!("../tests/data/client-certs/t61.pem"));
+        let t61 = der(include_bytes!("../../tests/data/client-certs/t61.pem"));
         assert_eq!(client_cert(&t61), identity("tess", &["team_t61"]));
     }
 
     #[test]
     fn a_string_type_go_cannot_read_makes_the_certificate_unreadable() {
         // O=ops as a UniversalString: no group may silently go missing.
-        let cert = der(include_bytes!("../tests/data/client-certs/universal.pem"));
+        let cert = der(include_bytes!("../../tests/data/client-certs/universal.pem"));
         assert_eq!(
             client_cert(&cert),
             ClientCert::Unreadable(UnreadableCert::Undecodable)
@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        let mut cert = der(include_bytes!("../tests/data/client-certs/two-cns.pem"));
+        let mut cert = der(include_bytes!("../../tests/data/client-certs/two-cns.pem"));
         cert.truncate(cert.len() / 2);
         assert_eq!(
             client_cert(&cert),
@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn a_subject_without_a_cn_names_no_one() {
-        let cert = der(include_bytes!("../tests/data/client-certs/no-cn.pem"));
+        let cert = der(include_bytes!("../../tests/data/client-certs/no-cn.pem"));
         assert_eq!(
             client_cert(&cert),
             ClientCert::Unreadable(UnreadableCert::NoCommonName)

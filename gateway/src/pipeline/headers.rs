@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use kubegate_policy::ForwardIdentity;
 
 use crate::authn::websocket;
 use crate::error::GatewayError;
@@ -113,25 +114,12 @@ fn strip_bearer_protocols(headers: &mut HeaderMap) {
     }
 }
 
-/// The identity the gateway asserts upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardedIdentity {
-    /// `Impersonate-User`.
-    pub user: String,
-    /// One `Impersonate-Group` each.
-    pub groups: Vec<String>,
-    /// `Impersonate-Uid`.
-    pub uid: Option<String>,
-    /// `Impersonate-Extra-<key>`, one header per value.
-    pub extra: std::collections::BTreeMap<String, Vec<String>>,
-}
-
 /// Adds the gateway's credential, the impersonation headers and `X-Forwarded-For`.
 /// Call only after [`sanitize_request`].
 pub fn add_gateway_headers(
     headers: &mut HeaderMap,
     credential: Option<HeaderValue>,
-    identity: &ForwardedIdentity,
+    identity: &ForwardIdentity,
     peer: IpAddr,
 ) -> Result<(), GatewayError> {
     if let Some(mut credential) = credential {
@@ -324,7 +312,7 @@ mod tests {
     fn gateway_headers_are_added_after_sanitising() {
         let mut h = map(&[("Impersonate-User", "mallory")]);
         sanitize_request(&mut h);
-        let id = ForwardedIdentity {
+        let id = ForwardIdentity {
             user: "alice".into(),
             groups: vec!["devs".into(), "ops".into()],
             uid: Some("42".into()),
@@ -351,7 +339,7 @@ mod tests {
     #[test]
     fn identity_values_with_control_or_padding_are_refused() {
         for bad in ["a\r\nb", " a", "a ", ""] {
-            let id = ForwardedIdentity {
+            let id = ForwardIdentity {
                 user: bad.into(),
                 groups: vec![],
                 uid: None,

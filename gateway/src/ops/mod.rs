@@ -1,0 +1,8 @@
+//! Operations: what the people running the gateway touch rather than its users: the admin
+//! listener (health, readiness, metrics), hot reloads, log output and shutdown.
+
+pub mod admin;
+pub mod logwriter;
+pub mod metrics;
+pub mod reload;
+pub mod shutdown;
