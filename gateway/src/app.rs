@@ -15,11 +15,11 @@ use tokio::task::JoinHandle;
 
 use crate::authn::keys::start_key_loading;
 use crate::authn::{Authenticator, IssuerVerifier, KeySet};
+use crate::listener::tls::{CertStore, load_certified_key, server_config};
+use crate::listener::{GRACE_PERIOD, ServeOptions, default_connection_threads, serve};
+use crate::ops::reload::{CertReloader, PolicyReloader};
 use crate::pipeline::authz::{PolicyStore, load_policy};
 use crate::pipeline::{Gateway, router};
-use crate::ops::reload::{CertReloader, PolicyReloader};
-use crate::listener::{GRACE_PERIOD, ServeOptions, default_connection_threads, serve};
-use crate::listener::tls::{CertStore, load_certified_key, server_config};
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start. Every variant names the file (and where possible the

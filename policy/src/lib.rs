@@ -7,6 +7,7 @@
 
 mod cases;
 mod error;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod glob;
 mod path;

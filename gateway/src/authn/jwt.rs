@@ -271,7 +271,9 @@ impl IssuerVerifier {
             }
         }
         for (claim, expected) in &config.required_claims {
-            if kubegate_policy::claim(&claims, claim).and_then(Value::as_str) != Some(expected.as_str()) {
+            if kubegate_policy::claim(&claims, claim).and_then(Value::as_str)
+                != Some(expected.as_str())
+            {
                 return Err(AuthError::Claims(format!(
                     "required claim {claim:?} is missing or has another value"
                 )));

@@ -83,12 +83,14 @@ impl KeyFetcher {
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let builder = match &issuer.certificate_authority {
             Some(ca) => {
-                let roots = crate::listener::tls::root_store(&ca.value).map_err(std::io::Error::other)?;
-                let tls = rustls::ClientConfig::builder_with_provider(crate::listener::tls::provider())
-                    .with_safe_default_protocol_versions()
-                    .map_err(std::io::Error::other)?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+                let roots =
+                    crate::listener::tls::root_store(&ca.value).map_err(std::io::Error::other)?;
+                let tls =
+                    rustls::ClientConfig::builder_with_provider(crate::listener::tls::provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(std::io::Error::other)?
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
                 builder.with_tls_config(tls)
             }
             None => builder.with_provider_and_native_roots(crate::listener::tls::provider())?,

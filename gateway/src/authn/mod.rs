@@ -217,7 +217,9 @@ impl Authenticator {
 fn certificate_identity(cert: &crate::listener::tls::ClientCert) -> Result<Identity, AuthError> {
     let cert = match cert {
         crate::listener::tls::ClientCert::Identity(identity) => identity,
-        crate::listener::tls::ClientCert::Unreadable(reason) => return Err(AuthError::Certificate(*reason)),
+        crate::listener::tls::ClientCert::Unreadable(reason) => {
+            return Err(AuthError::Certificate(*reason));
+        }
     };
     let reserved = |n: &str| n.starts_with("system:");
     if reserved(&cert.username) || cert.groups.iter().any(|g| reserved(g)) {
@@ -225,7 +227,10 @@ fn certificate_identity(cert: &crate::listener::tls::ClientCert) -> Result<Ident
             "certificate names starting with \"system:\" are reserved for the cluster".into(),
         ));
     }
-    Ok(Identity::new(cert.username.clone(), cert.groups.iter().cloned()))
+    Ok(Identity::new(
+        cert.username.clone(),
+        cert.groups.iter().cloned(),
+    ))
 }
 
 /// The one bearer token the request presents, wherever the API server would read it from;

@@ -304,7 +304,9 @@ mod tests {
     #[test]
     fn a_string_type_go_cannot_read_makes_the_certificate_unreadable() {
         // O=ops as a UniversalString: no group may silently go missing.
-        let cert = der(include_bytes!("../../tests/data/client-certs/universal.pem"));
+        let cert = der(include_bytes!(
+            "../../tests/data/client-certs/universal.pem"
+        ));
         assert_eq!(
             client_cert(&cert),
             ClientCert::Unreadable(UnreadableCert::Undecodable)

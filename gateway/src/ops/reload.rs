@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::pipeline::authz::PolicyStore;
 use crate::listener::tls::{CertStore, load_certified_key};
+use crate::pipeline::authz::PolicyStore;
 
 /// Editors save in several steps (truncate, write, rename); wait this long after the first
 /// event so one save is one reload, of the finished file.

@@ -296,7 +296,10 @@ mod tests {
             drop(a.admit("mallory", &[], RequestKind::Ordinary).unwrap());
         }
         for _ in 0..100 {
-            let err = a.admit("mallory", &[], RequestKind::Ordinary).err().unwrap();
+            let err = a
+                .admit("mallory", &[], RequestKind::Ordinary)
+                .err()
+                .unwrap();
             assert!(matches!(err, GatewayError::TooManyRequests { .. }));
         }
         // Alice is untouched by Mallory's flood.
@@ -340,12 +343,24 @@ mod tests {
         ];
         let a = Admission::with_clock(&l, FakeRelativeClock::default());
         for _ in 0..10 {
-            drop(a.admit("bot", &groups(&["ci"]), RequestKind::Ordinary).unwrap());
+            drop(
+                a.admit("bot", &groups(&["ci"]), RequestKind::Ordinary)
+                    .unwrap(),
+            );
         }
-        assert!(a.admit("bot", &groups(&["ci"]), RequestKind::Ordinary).is_err());
+        assert!(
+            a.admit("bot", &groups(&["ci"]), RequestKind::Ordinary)
+                .is_err()
+        );
         // The user entry wins over the group entry.
-        drop(a.admit("slow", &groups(&["ci"]), RequestKind::Ordinary).unwrap());
-        assert!(a.admit("slow", &groups(&["ci"]), RequestKind::Ordinary).is_err());
+        drop(
+            a.admit("slow", &groups(&["ci"]), RequestKind::Ordinary)
+                .unwrap(),
+        );
+        assert!(
+            a.admit("slow", &groups(&["ci"]), RequestKind::Ordinary)
+                .is_err()
+        );
     }
 
     #[test]
@@ -359,7 +374,10 @@ mod tests {
         );
         let p1 = a.admit("alice", &[], RequestKind::Ordinary).unwrap();
         let _p2 = a.admit("alice", &[], RequestKind::Ordinary).unwrap();
-        assert!(a.admit("alice", &[], RequestKind::Ordinary).is_err(), "two at once");
+        assert!(
+            a.admit("alice", &[], RequestKind::Ordinary).is_err(),
+            "two at once"
+        );
         // A stream is counted apart, by its own cap.
         let s1 = a.admit("alice", &[], RequestKind::Watch).unwrap();
         assert!(
@@ -426,7 +444,10 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let a = Admission::with_clock(&limits(), clock.clone());
         for i in 0..50 {
-            drop(a.admit(&format!("user{i}"), &[], RequestKind::Ordinary).unwrap());
+            drop(
+                a.admit(&format!("user{i}"), &[], RequestKind::Ordinary)
+                    .unwrap(),
+            );
         }
         assert_eq!(a.buckets[0].len(), 50);
         clock.advance(Duration::from_secs(60));

@@ -155,7 +155,13 @@ impl Outcome {
     }
 
     /// The audit record of this request at `stage`, answered with `code`.
-    fn event(&self, facts: &Facts, stage: Stage, code: StatusCode, gateway_time: Duration) -> crate::audit::Event {
+    fn event(
+        &self,
+        facts: &Facts,
+        stage: Stage,
+        code: StatusCode,
+        gateway_time: Duration,
+    ) -> crate::audit::Event {
         record::event(
             facts,
             stage,

@@ -264,10 +264,18 @@ mod tests {
         );
         let response = guard.attach(Response::new(chunks(3)), None);
         // Headers sent, body not yet: the slot is still taken.
-        assert!(admission.admit("alice", &[], RequestKind::Ordinary).is_err());
+        assert!(
+            admission
+                .admit("alice", &[], RequestKind::Ordinary)
+                .is_err()
+        );
         let mut body = response.into_body();
         body.frame().await.unwrap().unwrap();
-        assert!(admission.admit("alice", &[], RequestKind::Ordinary).is_err());
+        assert!(
+            admission
+                .admit("alice", &[], RequestKind::Ordinary)
+                .is_err()
+        );
         while body.frame().await.is_some() {}
         // The last byte went out: free again, before the body is even dropped.
         drop(
@@ -290,7 +298,11 @@ mod tests {
         let response = guard.attach(Response::new(chunks(1000)), None);
         let mut body = response.into_body();
         body.frame().await.unwrap().unwrap();
-        assert!(admission.admit("alice", &[], RequestKind::Ordinary).is_err());
+        assert!(
+            admission
+                .admit("alice", &[], RequestKind::Ordinary)
+                .is_err()
+        );
         // The client went away mid-body.
         drop(body);
         drop(
@@ -365,7 +377,6 @@ mod tests {
             metrics::Histogram::noop()
         }
     }
-
 
     #[test]
     fn open_streams_are_counted_until_the_guard_ends() {

@@ -411,10 +411,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_ordinary_response_is_an_error() {
-        let mut body = ResponseBody::new(
-            hanging(&["a"]),
-            Bounds::ordinary(Duration::from_secs(30))
-        );
+        let mut body =
+            ResponseBody::new(hanging(&["a"]), Bounds::ordinary(Duration::from_secs(30)));
         body.frame().await.unwrap().unwrap();
         let error = body.frame().await.unwrap().unwrap_err();
         assert!(error.is::<StreamError>(), "{error}");
@@ -477,10 +475,7 @@ mod tests {
             assert!(body.frame().await.is_none());
             assert_eq!(asked.elapsed(), Duration::from_secs(5));
         }
-        let body = ResponseBody::new(
-            hanging(&[]),
-            Bounds::ordinary(Duration::MAX)
-        );
+        let body = ResponseBody::new(hanging(&[]), Bounds::ordinary(Duration::MAX));
         drop(body);
     }
 

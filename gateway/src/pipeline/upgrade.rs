@@ -42,8 +42,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::error::GatewayError;
-use crate::pipeline::headers::strip_hop_by_hop;
 use crate::ops::shutdown::Shutdown;
+use crate::pipeline::headers::strip_hop_by_hop;
 use crate::pipeline::response::ResponseGuard;
 use crate::pipeline::stream::{Bounds, relay};
 use crate::upstream::Upstream;
