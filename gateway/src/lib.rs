@@ -19,6 +19,7 @@ pub mod limits;
 pub mod logwriter;
 pub mod observe;
 pub mod pipeline;
+pub mod rbac;
 pub mod record;
 pub mod reload;
 pub mod server;
