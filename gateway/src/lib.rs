@@ -15,6 +15,7 @@ pub mod authz;
 pub mod dev;
 pub mod error;
 pub mod forward;
+pub mod incluster;
 pub mod limits;
 pub mod logwriter;
 pub mod observe;
