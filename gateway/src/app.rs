@@ -103,6 +103,19 @@ pub struct CheckSummary {
 
 /// Builds the gateway from its configuration: policy, TLS, upstream and issuer keys.
 pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    prepare_in(
+        config,
+        &crate::upstream::incluster::ServiceAccountEnv::from_process(),
+    )
+    .await
+}
+
+/// [`prepare`], with `in_cluster = true` taking the service account from
+/// `service_account` instead of this process's mount path and environment.
+pub async fn prepare_in(
+    config: &Config,
+    service_account: &crate::upstream::incluster::ServiceAccountEnv,
+) -> Result<Prepared, StartError> {
     install_crypto_provider();
     let (policy, warnings) = load_policy(&config.policy.value)?;
     for w in &warnings {
@@ -123,7 +136,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
             .map_or(&listen.tls_cert.location, |c| &c.location);
         at.error(e.to_string())
     })?;
-    let upstream = Upstream::load(&config.upstream)
+    let upstream = Upstream::load_in(&config.upstream, service_account)
         .await
         .map_err(|e| config.upstream.location.error(e.to_string()))?;
 

@@ -45,6 +45,15 @@ enum Command {
         /// The configuration file.
         config: PathBuf,
     },
+    /// Print the minimal ClusterRole (YAML) the configuration's impersonation needs.
+    Rbac {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The ClusterRole's name.
+        #[arg(long, default_value = kubegate::ops::rbac::DEFAULT_ROLE_NAME)]
+        name: String,
+    },
     /// Run a working gateway with generated certificates, users and tokens.
     #[cfg(feature = "dev")]
     Dev {
@@ -157,6 +166,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 summary.rules,
                 summary.issuers
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rbac { config, name } => {
+            let config = kubegate_config::load(&config)?;
+            print!("{}", kubegate::ops::rbac::cluster_role_yaml(&config, &name));
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "dev")]

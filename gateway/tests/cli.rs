@@ -367,3 +367,113 @@ fn escalation_paths_are_warnings_in_check_config_and_explain() {
         );
     }
 }
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// `kubegate rbac` on a configuration laid out as the pod sees it: the ConfigMap's files
+/// in `config/` and the TLS Secret's in `tls/` beside it.
+fn rbac_of(kubegate_toml: &Path) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+    for f in ["tls/tls.crt", "tls/tls.key"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
+    std::fs::copy(kubegate_toml, config.join("kubegate.toml")).unwrap();
+    std::fs::copy(
+        deploy().join("base/policy.toml"),
+        config.join("policy.toml"),
+    )
+    .unwrap();
+    kubegate()
+        .args(["rbac", "--config"])
+        .arg(config.join("kubegate.toml"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rbac_prints_the_clusterrole_the_shipped_manifests_carry() {
+    // The base and the example overlay map the same claims: both need exactly the base's
+    // ClusterRole, byte for byte (tests/tests/deploy.rs compares it as the API server
+    // stores it).
+    let shipped = std::fs::read_to_string(deploy().join("base/clusterrole.yaml")).unwrap();
+    for config in ["base/kubegate.toml", "overlays/example/kubegate.toml"] {
+        let out = rbac_of(&deploy().join(config));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout, shipped,
+            "{config}: regenerate deploy/base/clusterrole.yaml"
+        );
+    }
+}
+
+/// `kubegate rbac` on the shipped example with `from` replaced by `to`.
+fn rbac_of_edited_example(from: &str, to: &str) -> std::process::Output {
+    let dir = valid_dir();
+    let path = dir.path().join("kubegate.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "the example has no {from:?}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    kubegate()
+        .args(["rbac", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rbac_follows_the_claim_mappings() {
+    let dir = valid_dir();
+    let path = dir.path().join("kubegate.toml");
+    let out = kubegate()
+        .args(["rbac", "--name", "gw", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("  name: \"gw\"\n"), "{stdout}");
+    assert!(
+        !stdout.contains("uids") && !stdout.contains("userextras"),
+        "{stdout}"
+    );
+
+    let out = rbac_of_edited_example(
+        "# uid_claim = \"sid\"",
+        "uid_claim = \"sid\"\nextra = { \"example.com/team\" = \"team\" }",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("  resources: [\"uids\"]\n"), "{stdout}");
+    assert!(
+        stdout.contains("  resources: [\"userextras/example.com/team\"]\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn rbac_on_an_invalid_configuration_exits_with_the_located_error() {
+    let out = rbac_of_edited_example(
+        "groups_claim = \"groups\"",
+        "groups_claim = \"groups\"\nuid_claim = \"\"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "no ClusterRole for an invalid configuration"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("kubegate.toml:") && stderr.contains("auth.oidc.uid_claim"),
+        "{stderr}"
+    );
+}

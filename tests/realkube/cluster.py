@@ -13,7 +13,7 @@ printed (the default asks that script for it). On start it
     an audit policy at Metadata level and admin/gateway kubeconfigs;
   * picks free loopback ports, starts etcd with an empty data dir, then kube-apiserver
     (RBAC only, no insecure port, audit log in the directory) and waits for /readyz;
-  * creates the ClusterRole `kubegate-impersonator` (exactly `impersonate` on users and
+  * creates the ClusterRole `realkube-gateway-impersonator` (exactly `impersonate` on users and
     groups, nothing else) and binds it to the user `gateway`;
   * prints ONE line of JSON on stdout describing the cluster (paths, URL, tokens).
 
@@ -52,7 +52,7 @@ START_TIMEOUT = 60.0
 IMPERSONATOR_ROLE = {
     "apiVersion": "rbac.authorization.k8s.io/v1",
     "kind": "ClusterRole",
-    "metadata": {"name": "kubegate-impersonator"},
+    "metadata": {"name": "realkube-gateway-impersonator"},
     "rules": [
         {"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]}
     ],
@@ -60,11 +60,11 @@ IMPERSONATOR_ROLE = {
 IMPERSONATOR_BINDING = {
     "apiVersion": "rbac.authorization.k8s.io/v1",
     "kind": "ClusterRoleBinding",
-    "metadata": {"name": "kubegate-impersonator"},
+    "metadata": {"name": "realkube-gateway-impersonator"},
     "roleRef": {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
-        "name": "kubegate-impersonator",
+        "name": "realkube-gateway-impersonator",
     },
     "subjects": [
         {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "gateway"}

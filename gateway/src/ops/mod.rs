@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod logwriter;
 pub mod metrics;
+pub mod rbac;
 pub mod reload;
 pub mod shutdown;

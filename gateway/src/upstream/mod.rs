@@ -5,6 +5,8 @@
 //! files (re-read as they rotate), exec plugins (re-run before expiry) and client
 //! certificates. The upstream's certificate is always verified against the configured CA.
 
+pub mod incluster;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +36,7 @@ pub enum UpstreamError {
     Kubeconfig(#[from] kube::config::KubeconfigError),
     /// Not running in a pod, or the service account files are missing.
     #[error("cannot load the in-cluster configuration: {0}")]
-    InCluster(#[from] kube::config::InClusterError),
+    InCluster(#[from] crate::upstream::incluster::InClusterError),
     /// The credential or TLS settings cannot be used.
     #[error("cannot use the upstream credential or TLS settings: {0}")]
     Client(#[from] kube::Error),
@@ -163,8 +165,22 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Loads the upstream named in the configuration.
+    /// Loads the upstream named in the configuration (in-cluster: from this process's
+    /// service account).
     pub async fn load(config: &kubegate_config::Upstream) -> Result<Self, UpstreamError> {
+        Self::load_in(
+            config,
+            &crate::upstream::incluster::ServiceAccountEnv::from_process(),
+        )
+        .await
+    }
+
+    /// Loads the upstream named in the configuration, taking an in-cluster service
+    /// account from `service_account`.
+    pub async fn load_in(
+        config: &kubegate_config::Upstream,
+        service_account: &crate::upstream::incluster::ServiceAccountEnv,
+    ) -> Result<Self, UpstreamError> {
         let kube_config = match &config.source {
             UpstreamSource::Kubeconfig { path, context } => {
                 let kubeconfig = Kubeconfig::read_from(&path.value)?;
@@ -174,7 +190,17 @@ impl Upstream {
                 };
                 kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
             }
-            UpstreamSource::InCluster => kube::Config::incluster()?,
+            UpstreamSource::InCluster => {
+                let (kube_config, token) = crate::upstream::incluster::load(service_account)?;
+                let token = Arc::new(token);
+                // The token file, re-read as the kubelet rotates it, is the credential.
+                let credential = tower::service_fn(move |mut r: Request<Empty<Bytes>>| {
+                    r.headers_mut().insert(AUTHORIZATION, token.header());
+                    async move { Ok::<_, BoxError>(Response::new(r)) }
+                });
+                let credential = Some(BoxCloneSyncService::new(credential));
+                return Self::build(&kube_config, config.timeout, credential);
+            }
         };
         Self::from_kube_config(&kube_config, config.timeout)
     }
@@ -183,6 +209,22 @@ impl Upstream {
     pub fn from_kube_config(
         config: &kube::Config,
         timeout: Duration,
+    ) -> Result<Self, UpstreamError> {
+        let credential = config.auth_layer()?.map(|layer| {
+            // The layer only adds a header; a service that hands the request back lets us
+            // read that header and reuse kube's token refresh without its client.
+            let identity = tower::service_fn(|r: Request<Empty<Bytes>>| async move {
+                Ok::<_, BoxError>(Response::new(r))
+            });
+            BoxCloneSyncService::new(layer.layer(identity))
+        });
+        Self::build(config, timeout, credential)
+    }
+
+    fn build(
+        config: &kube::Config,
+        timeout: Duration,
+        credential: Option<CredentialService>,
     ) -> Result<Self, UpstreamError> {
         let url = &config.cluster_url;
         if url.scheme_str() != Some("https") {
@@ -212,15 +254,6 @@ impl Upstream {
             slots: std::sync::Mutex::new(Vec::new()),
         });
         let upgrade_client = build_client(http1);
-
-        let credential = config.auth_layer()?.map(|layer| {
-            // The layer only adds a header; a service that hands the request back lets us
-            // read that header and reuse kube's token refresh without its client.
-            let identity = tower::service_fn(|r: Request<Empty<Bytes>>| async move {
-                Ok::<_, BoxError>(Response::new(r))
-            });
-            BoxCloneSyncService::new(layer.layer(identity))
-        });
 
         Ok(Upstream {
             inner: Arc::new(Inner {

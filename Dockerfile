@@ -1,0 +1,20 @@
+# kubegate's image: a static-enough release build on Debian, run on distroless as a
+# non-root user with no shell. Not built by the tests (no container runtime runs there);
+# everything it runs is. Build: docker build -t registry.example.com/platform/kubegate:0.1.0 .
+
+FROM rust:1.89-bookworm AS build
+WORKDIR /src
+# aws-lc-rs needs cmake and clang to build its C parts.
+RUN apt-get update && apt-get install -y --no-install-recommends cmake clang && rm -rf /var/lib/apt/lists/*
+COPY . .
+RUN cargo build --release --locked -p kubegate --bin kubegate \
+ && install -D -m 0755 target/release/kubegate /out/kubegate
+
+# glibc and CA certificates (for the issuers' discovery over TLS), nothing else: no shell,
+# no package manager. The nonroot user is 65532, as the Deployment's securityContext says.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/kubegate /usr/local/bin/kubegate
+USER 65532:65532
+EXPOSE 8443 9090
+ENTRYPOINT ["/usr/local/bin/kubegate"]
+CMD ["serve", "--config", "/etc/kubegate/config/kubegate.toml", "--log-format", "json"]
