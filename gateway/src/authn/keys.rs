@@ -81,8 +81,18 @@ impl KeyFetcher {
     /// configuration allowed it for a loopback issuer.
     pub fn for_issuer(issuer: &kubegate_config::OidcIssuer) -> std::io::Result<Self> {
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match &issuer.certificate_authority {
-            Some(ca) => {
+        // An AuthenticationConfiguration file gives its CA inline (certificateAuthority).
+        let inline = issuer.certificate_authority_pem.as_deref().map(pem_roots);
+        let builder = match (&issuer.certificate_authority, inline) {
+            (_, Some(roots)) => {
+                let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(std::io::Error::other)?
+                    .with_root_certificates(roots?)
+                    .with_no_client_auth();
+                builder.with_tls_config(tls)
+            }
+            (Some(ca), None) => {
                 let roots = crate::tls::root_store(&ca.value).map_err(std::io::Error::other)?;
                 let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                     .with_safe_default_protocol_versions()
@@ -91,7 +101,7 @@ impl KeyFetcher {
                     .with_no_client_auth();
                 builder.with_tls_config(tls)
             }
-            None => builder.with_provider_and_native_roots(crate::tls::provider())?,
+            (None, None) => builder.with_provider_and_native_roots(crate::tls::provider())?,
         };
         let connector = if issuer.insecure_http {
             builder.https_or_http().enable_http1().build()
@@ -255,6 +265,25 @@ pub async fn start_key_loading(issuers: &[Arc<IssuerVerifier>]) -> Vec<JoinHandl
         }));
     }
     tasks
+}
+
+/// Trust roots from inline PEM (an `AuthenticationConfiguration` `certificateAuthority`).
+fn pem_roots(pem: &str) -> std::io::Result<rustls::RootCertStore> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|_| {
+            std::io::Error::other("certificateAuthority holds no readable PEM certificate")
+        })?;
+        roots.add(cert).map_err(std::io::Error::other)?;
+    }
+    if roots.is_empty() {
+        return Err(std::io::Error::other(
+            "certificateAuthority holds no certificate",
+        ));
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]
