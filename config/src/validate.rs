@@ -1073,6 +1073,29 @@ audiences = ["other"]
     }
 
     #[test]
+    fn an_issuer_in_both_the_file_and_auth_oidc_is_refused() {
+        let d = Dir::new();
+        let yaml = "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: https://idp.example.com/realms/ops\n    audiences: [kubegate]\n  claimMappings:\n    username:\n      claim: sub\n      prefix: ''\n";
+        std::fs::write(d.0.path().join("auth.yaml"), yaml).unwrap();
+        let text = GOOD.replace(
+            "[[auth.oidc]]",
+            "[auth]\nauthentication_config = \"auth.yaml\"\n\n[[auth.oidc]]",
+        );
+        let e = d.parse(&text).unwrap_err();
+        assert!(e.message.contains("also an [[auth.oidc]] issuer"), "{e}");
+        assert!(e.file.ends_with("auth.yaml") && e.line == Some(4), "{e}");
+        // Alone, the file supplies the issuer.
+        let alone = d
+            .parse(&text.replace(
+                "issuer = \"https://idp.example.com/realms/ops\"",
+                "issuer = \"https://other.example.com\"",
+            ))
+            .unwrap();
+        assert_eq!(alone.auth.oidc.len(), 2);
+        assert!(alone.auth.oidc[1].claim_rules.is_some());
+    }
+
+    #[test]
     fn errors_never_quote_values() {
         // A token pasted into a duration field must not reach the log through the error.
         let e = error_of(&GOOD.replace("timeout = \"15s\"", "timeout = \"eyJhbGciOi.secret\""));
