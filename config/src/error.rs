@@ -102,6 +102,10 @@ impl<'a> SourceMap<'a> {
         SourceMap { file, text }
     }
 
+    pub(crate) fn file(&self) -> &Path {
+        self.file
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());

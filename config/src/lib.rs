@@ -9,6 +9,8 @@
 //!
 //! This crate does no networking and starts nothing; the gateway interprets the values.
 
+mod authentication_config;
+mod cel;
 mod error;
 mod raw;
 mod validate;
@@ -17,7 +19,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use authentication_config::{
+    ClaimRules, ClaimValidationRule, Expression, ExtraMapping, Mapping, UserValidationRule,
+    cel_env, parse_authentication_config,
+};
+pub use cel::{COST_LIMIT, MAX_INPUT_BYTES};
 pub use error::{ConfigError, Location};
+
+/// Usernames and groups under `system:` belong to the cluster's own components; no
+/// prefix or mapping may produce one.
+pub const RESERVED_PREFIX: &str = "system:";
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -127,8 +138,12 @@ pub enum UpstreamSource {
 /// Authentication settings.
 #[derive(Debug, Clone)]
 pub struct Auth {
-    /// OIDC issuers whose JWTs are accepted. Never empty, issuer URLs unique.
+    /// OIDC issuers whose JWTs are accepted: the `[[auth.oidc]]` entries, then the
+    /// `authentication_config` file's. Never empty, issuer URLs unique across both.
     pub oidc: Vec<OidcIssuer>,
+    /// The Kubernetes `AuthenticationConfiguration` file the issuers after the
+    /// `[[auth.oidc]]` ones came from, if one is set.
+    pub authentication_config: Option<Setting<PathBuf>>,
     /// How long a verified token is remembered (never past its `exp`), so a busy client
     /// pays for the signature check once. Zero disables the cache. Default 60 s.
     pub token_cache_ttl: Duration,
@@ -166,6 +181,9 @@ pub struct OidcIssuer {
     /// A PEM bundle trusted for the issuer's discovery and JWKS endpoints instead of the
     /// system roots.
     pub certificate_authority: Option<Setting<PathBuf>>,
+    /// PEM CA certificates given inline (`certificateAuthority` of an
+    /// `AuthenticationConfiguration` file), trusted like `certificate_authority`.
+    pub certificate_authority_pem: Option<String>,
     /// The issuer is a plain-http loopback URL (development only; set explicitly).
     pub insecure_http: bool,
     /// A token naming an unknown `kid` makes the gateway re-fetch the issuer's keys at
@@ -176,7 +194,10 @@ pub struct OidcIssuer {
     pub algorithms: Vec<Algorithm>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`. Default 60 s.
     pub leeway: Duration,
-    /// The `[[auth.oidc]]` entry.
+    /// For an issuer from an `AuthenticationConfiguration` file: its claim validation
+    /// rules and mappings, which replace the claim settings above.
+    pub claim_rules: Option<std::sync::Arc<ClaimRules>>,
+    /// The `[[auth.oidc]]` entry, or the `jwt[i]` entry of the file.
     pub location: Location,
 }
 

@@ -50,7 +50,9 @@ pub(crate) struct RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
-    pub(crate) oidc: Spanned<Vec<Spanned<RawOidc>>>,
+    pub(crate) oidc: Option<Spanned<Vec<Spanned<RawOidc>>>>,
+    pub(crate) authentication_config: Option<Spanned<String>>,
+    pub(crate) authentication_config_insecure_http: Option<Spanned<bool>>,
     pub(crate) token_cache_ttl: Option<Spanned<String>>,
     pub(crate) token_cache_size: Option<Spanned<usize>>,
 }

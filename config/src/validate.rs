@@ -52,6 +52,10 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    fn map_file(&self) -> PathBuf {
+        self.map.file().to_path_buf()
+    }
+
     fn err<T>(&self, spanned: &Spanned<T>, field: &str, msg: impl Into<String>) -> ConfigError {
         self.map.location(spanned.span(), field).error(msg)
     }
@@ -203,20 +207,16 @@ impl Validator<'_> {
     }
 
     fn auth(&self, raw: crate::raw::RawAuth) -> Result<Auth, ConfigError> {
-        let list = &raw.oidc;
-        if list.get_ref().is_empty() {
-            return Err(self.err(list, "auth.oidc", "at least one issuer is required"));
-        }
-        if list.get_ref().len() > MAX_ISSUERS {
-            return Err(self.err(
-                list,
-                "auth.oidc",
-                format!("at most {MAX_ISSUERS} issuers are supported"),
-            ));
+        let empty = Vec::new();
+        let list = raw.oidc.as_ref().map_or(&empty, |l| l.get_ref());
+        if let Some(l) = &raw.oidc
+            && l.get_ref().is_empty()
+        {
+            return Err(self.err(l, "auth.oidc", "at least one issuer is required"));
         }
         let mut seen = HashSet::new();
-        let mut oidc = Vec::with_capacity(list.get_ref().len());
-        for entry in list.get_ref() {
+        let mut oidc = Vec::with_capacity(list.len());
+        for entry in list {
             let issuer = self.oidc(entry)?;
             if !seen.insert(issuer.issuer.clone()) {
                 return Err(self.err(
@@ -226,6 +226,51 @@ impl Validator<'_> {
                 ));
             }
             oidc.push(issuer);
+        }
+        let insecure_http = raw
+            .authentication_config_insecure_http
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
+        let authentication_config = match &raw.authentication_config {
+            None => {
+                if let Some(flag) = &raw.authentication_config_insecure_http {
+                    return Err(self.err(
+                        flag,
+                        "auth.authentication_config_insecure_http",
+                        "applies only with authentication_config set",
+                    ));
+                }
+                None
+            }
+            Some(name) => {
+                let file = self.readable_file(name, "auth.authentication_config")?;
+                let from_file = crate::authentication_config::load(
+                    &file.value,
+                    crate::authentication_config::Defaults { insecure_http },
+                )?;
+                for issuer in from_file {
+                    // Refused rather than merged: which claim rules would apply?
+                    if !seen.insert(issuer.issuer.clone()) {
+                        return Err(issuer.location.error(
+                            "duplicate issuer: this URL is also an [[auth.oidc]] issuer in the kubegate configuration; configure it in one place",
+                        ));
+                    }
+                    oidc.push(issuer);
+                }
+                Some(file)
+            }
+        };
+        if oidc.is_empty() {
+            return Err(ConfigError::file(
+                &self.map_file(),
+                "auth: at least one issuer is required ([[auth.oidc]] or authentication_config)",
+            ));
+        }
+        if oidc.len() > MAX_ISSUERS {
+            return Err(ConfigError::file(
+                &self.map_file(),
+                format!("auth: at most {MAX_ISSUERS} issuers are supported in all"),
+            ));
         }
         let token_cache_ttl = match &raw.token_cache_ttl {
             // Zero is meaningful (no cache), so not `duration()`.
@@ -251,53 +296,20 @@ impl Validator<'_> {
         };
         Ok(Auth {
             oidc,
+            authentication_config,
             token_cache_ttl,
             token_cache_size,
         })
     }
 
-    /// An https URL, or with `allow_loopback_http` a plain-http URL whose host is a
-    /// loopback address (a local test issuer; never a remote one in clear text).
     fn url(
         &self,
         raw: &Spanned<String>,
         field: &str,
         allow_loopback_http: bool,
     ) -> Result<Url, ConfigError> {
-        let url = Url::parse(raw.get_ref())
-            .map_err(|e| self.err(raw, field, format!("not a URL: {e}")))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if allow_loopback_http => {
-                let loopback = match url.host() {
-                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                    Some(url::Host::Domain(d)) => d == "localhost",
-                    None => false,
-                };
-                if !loopback {
-                    return Err(self.err(
-                        raw,
-                        field,
-                        "insecure_http only allows a loopback host (127.0.0.1, ::1, localhost)",
-                    ));
-                }
-            }
-            _ => {
-                return Err(self.err(
-                    raw,
-                    field,
-                    "must be an https URL (plain http only with insecure_http = true on a loopback host)",
-                ));
-            }
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(self.err(raw, field, "must not have a query or fragment"));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(self.err(raw, field, "must not carry credentials"));
-        }
-        Ok(url)
+        checked_url(raw.get_ref(), allow_loopback_http, "insecure_http = true")
+            .map_err(|m| self.err(raw, field, m))
     }
 
     fn oidc(&self, entry: &Spanned<RawOidc>) -> Result<OidcIssuer, ConfigError> {
@@ -439,6 +451,8 @@ impl Validator<'_> {
             extra,
             required_claims,
             max_token_lifetime,
+            certificate_authority_pem: None,
+            claim_rules: None,
             certificate_authority,
             insecure_http,
             algorithms,
@@ -641,6 +655,44 @@ impl Validator<'_> {
         )?;
         Ok(limits)
     }
+}
+
+/// An https URL, or with `allow_loopback_http` a plain-http URL whose host is a loopback
+/// address (a local test issuer; never a remote one in clear text). `flag` names the
+/// setting that allows http, for the message.
+pub(crate) fn checked_url(
+    text: &str,
+    allow_loopback_http: bool,
+    flag: &str,
+) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_loopback_http && !loopback => {
+            return Err(format!(
+                "{flag} only allows a loopback host (127.0.0.1, ::1, localhost)"
+            ));
+        }
+        "http" if allow_loopback_http => {}
+        _ => {
+            return Err(format!(
+                "must be an https URL (plain http only with {flag} on a loopback host)"
+            ));
+        }
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -1018,6 +1070,29 @@ audiences = ["other"]
             error_of(&empty).field.as_deref(),
             Some("auth.oidc.username_prefix")
         );
+    }
+
+    #[test]
+    fn an_issuer_in_both_the_file_and_auth_oidc_is_refused() {
+        let d = Dir::new();
+        let yaml = "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: https://idp.example.com/realms/ops\n    audiences: [kubegate]\n  claimMappings:\n    username:\n      claim: sub\n      prefix: ''\n";
+        std::fs::write(d.0.path().join("auth.yaml"), yaml).unwrap();
+        let text = GOOD.replace(
+            "[[auth.oidc]]",
+            "[auth]\nauthentication_config = \"auth.yaml\"\n\n[[auth.oidc]]",
+        );
+        let e = d.parse(&text).unwrap_err();
+        assert!(e.message.contains("also an [[auth.oidc]] issuer"), "{e}");
+        assert!(e.file.ends_with("auth.yaml") && e.line == Some(4), "{e}");
+        // Alone, the file supplies the issuer.
+        let alone = d
+            .parse(&text.replace(
+                "issuer = \"https://idp.example.com/realms/ops\"",
+                "issuer = \"https://other.example.com\"",
+            ))
+            .unwrap();
+        assert_eq!(alone.auth.oidc.len(), 2);
+        assert!(alone.auth.oidc[1].claim_rules.is_some());
     }
 
     #[test]

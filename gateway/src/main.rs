@@ -70,6 +70,22 @@ enum Command {
     /// Review and test policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Review authentication.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Show which issuer takes a token, each claim rule's result and the mapped user,
+    /// without contacting the API server (the issuers' keys are fetched as when serving).
+    Explain {
+        /// The gateway configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// A file holding the token (never passed on the command line, where `ps` shows it).
+        token_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -226,6 +242,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Auth(AuthCommand::Explain { config, token_file }) => {
+            explain_token(&config, &token_file).await
+        }
         Command::Policy(PolicyCommand::Test { source, cases }) => {
             let policy = load_policy(&source)?;
             let text = std::fs::read_to_string(&cases)
@@ -246,6 +265,67 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+async fn explain_token(
+    config: &std::path::Path,
+    token_file: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    let config = kubegate_config::load(config)?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("cannot read {}", token_file.display()))?;
+    let mut verifiers = Vec::new();
+    for issuer in &config.auth.oidc {
+        let v = Arc::new(kubegate::authn::IssuerVerifier::new(issuer.clone())?);
+        if let Err(e) = v.refresh_keys().await {
+            eprintln!("warning: issuer {}: keys not loaded: {e}", issuer.issuer);
+        }
+        verifiers.push(v);
+    }
+    let authn = kubegate::authn::Authenticator::new(verifiers, &config.auth, vec![]);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {}", token.trim())
+            .parse()
+            .context("the token file does not hold a token")?,
+    );
+    let identity = match authn.verify_token(&headers).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            println!("result:   refused ({}): {e}", e.category());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let iss = identity
+        .claims
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    println!("issuer:   {iss}");
+    if let Some(rules) = config
+        .auth
+        .oidc
+        .iter()
+        .find(|i| i.issuer == iss)
+        .and_then(|i| i.claim_rules.as_ref())
+    {
+        for rule in kubegate::authn::mapping::evaluate(rules, &identity.claims).rules {
+            println!(
+                "rule:     {} {}",
+                if rule.passed { "pass" } else { "FAIL" },
+                rule.rule
+            );
+        }
+    }
+    println!("username: {}", identity.user);
+    println!("uid:      {}", identity.uid.as_deref().unwrap_or("(none)"));
+    println!("groups:   {:?}", identity.groups);
+    for (key, values) in &identity.extra {
+        println!("extra:    {key} = {values:?}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_policy(source: &PolicySource) -> anyhow::Result<Policy> {

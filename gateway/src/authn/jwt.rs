@@ -270,6 +270,18 @@ impl IssuerVerifier {
                 )));
             }
         }
+        // AuthenticationConfiguration issuers: the file's CEL claim rules decide
+        // (gateway/src/authn/mapping.rs).
+        if let Some(rules) = &config.claim_rules {
+            let user = super::mapping::evaluate(rules, &claims).result?;
+            return Ok(Identity {
+                user: user.username,
+                uid: user.uid,
+                groups: user.groups,
+                extra: user.extra,
+                claims,
+            });
+        }
         for (claim, expected) in &config.required_claims {
             if kubegate_policy::claim(&claims, claim).and_then(Value::as_str)
                 != Some(expected.as_str())
@@ -487,6 +499,8 @@ mod tests {
             required_claims: BTreeMap::new(),
             max_token_lifetime: None,
             certificate_authority: None,
+            certificate_authority_pem: None,
+            claim_rules: None,
             insecure_http: false,
             algorithms: vec![kubegate_config::Algorithm::RS256],
             leeway: std::time::Duration::from_secs(60),

@@ -81,10 +81,22 @@ impl KeyFetcher {
     /// configuration allowed it for a loopback issuer.
     pub fn for_issuer(issuer: &kubegate_config::OidcIssuer) -> std::io::Result<Self> {
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match &issuer.certificate_authority {
-            Some(ca) => {
-                let roots =
-                    crate::listener::tls::root_store(&ca.value).map_err(std::io::Error::other)?;
+        // An AuthenticationConfiguration file gives its CA inline (certificateAuthority).
+        let roots = match (
+            &issuer.certificate_authority_pem,
+            &issuer.certificate_authority,
+        ) {
+            (Some(pem), _) => Some(
+                crate::listener::tls::roots_from_pem(pem.as_bytes(), "certificateAuthority")
+                    .map_err(std::io::Error::other)?,
+            ),
+            (None, Some(ca)) => {
+                Some(crate::listener::tls::root_store(&ca.value).map_err(std::io::Error::other)?)
+            }
+            (None, None) => None,
+        };
+        let builder = match roots {
+            Some(roots) => {
                 let tls =
                     rustls::ClientConfig::builder_with_provider(crate::listener::tls::provider())
                         .with_safe_default_protocol_versions()

@@ -13,6 +13,7 @@ mod cache;
 mod jwks;
 mod jwt;
 pub mod keys;
+pub mod mapping;
 pub(crate) mod websocket;
 
 use std::borrow::Cow;
@@ -85,6 +86,10 @@ pub enum AuthError {
     /// A required claim is missing or malformed; the text names the claim, never its value.
     #[error("the token's claims are not acceptable: {0}")]
     Claims(String),
+    /// A claim rule's CEL expression failed on this token (a missing claim, a value of
+    /// the wrong type); the text names the rule, never a claim value.
+    #[error("a claim expression failed: {0}")]
+    Expression(String),
     /// The request relies on a client certificate that names no one.
     #[error("{0}")]
     Certificate(crate::listener::tls::UnreadableCert),
@@ -108,6 +113,7 @@ impl AuthError {
             AuthError::NotYetValid | AuthError::IssuedInFuture => "not_yet_valid",
             AuthError::Audience => "audience",
             AuthError::Claims(_) => "claims",
+            AuthError::Expression(_) => "claim_expression",
             AuthError::Certificate(_) => "certificate",
         }
     }

@@ -230,13 +230,19 @@ pub fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
         path: path.display().to_string(),
         source,
     })?;
+    roots_from_pem(&pem, &path.display().to_string())
+}
+
+/// A trust store from PEM bytes (`name` labels errors); empty is an error, as for
+/// [`root_store`].
+pub fn roots_from_pem(pem: &[u8], name: &str) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|_| TlsError::NoCertificate(path.display().to_string()))?;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|_| TlsError::NoCertificate(name.to_string()))?;
         roots.add(cert)?;
     }
     if roots.is_empty() {
-        return Err(TlsError::NoCertificate(path.display().to_string()));
+        return Err(TlsError::NoCertificate(name.to_string()));
     }
     Ok(roots)
 }
