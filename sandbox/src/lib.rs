@@ -8,12 +8,14 @@
 //! `kubectl auth whoami` shows the impersonated identity. Pods have logs (`follow` streams
 //! what [`Sandbox::append_log`] adds), `exec` and `attach` speak the WebSocket
 //! `v5.channel.k8s.io` protocol and echo stdin to stdout, and `portforward` echoes bytes
-//! after a `SPDY/3.1` upgrade. It does not enforce RBAC (but see
-//! [`Sandbox::deny_connect`]), run containers, or persist anything.
+//! after a `SPDY/3.1` upgrade. Services and pods have a `proxy` subresource that forwards to
+//! real HTTP backends registered with [`Sandbox::proxy_to`] (such as a [`WebApp`]). It does
+//! not enforce RBAC (but see [`Sandbox::deny_connect`]), run containers, or persist anything.
 
 mod discovery;
 mod logs;
 mod proto;
+mod proxy;
 mod remote;
 mod routes;
 mod select;
@@ -23,6 +25,10 @@ mod store;
 mod table;
 mod time;
 mod tls;
+pub mod webapp;
+
+pub use proxy::ProxyKind;
+pub use webapp::WebApp;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -274,6 +280,16 @@ impl Sandbox {
     /// the API server does when RBAC refuses them (the sandbox enforces no other RBAC).
     pub fn deny_connect(&self, user: &str) {
         self.shared.connect_denied().insert(user.to_string());
+    }
+
+    /// Sends `services/<name>[:<port>]/proxy/...` (or the pod form) in namespace `ns` to the
+    /// HTTP backend at `backend`, whatever the port; a later call for the same name replaces
+    /// it. Unregistered names answer 404, as for an object that does not exist.
+    pub fn proxy_to(&self, kind: ProxyKind, ns: &str, name: &str, backend: SocketAddr) {
+        self.shared
+            .backends
+            .lock()
+            .insert((kind, ns.to_owned(), name.to_owned()), backend);
     }
 
     /// Upgraded sessions (exec, attach, port-forward) open right now.

@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::RecordedRequest;
 use crate::logs::Logs;
+use crate::proxy::Backends;
 use crate::store::Store;
 
 // A client that opens a socket and never finishes the handshake must not hold a task forever.
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     /// Users whose exec, attach and port-forward requests are refused with 403, as RBAC
     /// would refuse them on a real API server.
     pub(crate) connect_denied: Mutex<HashSet<String>>,
+    /// Where service and pod proxy requests go.
+    pub(crate) backends: Backends,
     recorded: Mutex<Recorded>,
     delay: Mutex<Duration>,
 }
@@ -69,6 +72,7 @@ impl Shared {
             stop,
             tunnels: Arc::new(AtomicUsize::new(0)),
             connect_denied: Mutex::new(HashSet::new()),
+            backends: Backends::default(),
             recorded: Mutex::new(Recorded::default()),
             delay: Mutex::new(Duration::ZERO),
         }
