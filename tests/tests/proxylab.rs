@@ -2,7 +2,8 @@
 //! machine against the gateway, signed in as themselves, with the policy as the limited
 //! account; a service's web page (and the stylesheet and script it links relatively) comes
 //! through it; proxy paths are decided on as the API server reads them and reach the
-//! backend byte for byte.
+//! backend byte for byte; `kubectl port-forward` reaches a TCP service over both of the
+//! transports kubectl 1.32 speaks, and only for those granted `create` on `pods/portforward`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use kubegate_tests::{GatewayOptions, TEST_POLICY, TestGateway, kubectl};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 /// The harness policy plus the lab: devs browse dev's services and pods (`get`, what GET and
-/// HEAD resolve to); editors may also POST to them (`create`).
+/// HEAD resolve to); editors may also POST to them (`create`); tunnelers port-forward.
 fn lab_policy() -> String {
     format!(
         r#"{TEST_POLICY}
@@ -28,6 +29,12 @@ name = "devs-browse-dev"
 effect = "allow"
 subjects = {{ groups = ["devs"] }}
 resources = [{{ api_groups = [""], resources = ["services/proxy", "pods/proxy"], namespaces = ["dev"], verbs = ["get"] }}]
+
+[[rule]]
+name = "tunnelers-port-forward-dev"
+effect = "allow"
+subjects = {{ groups = ["tunnelers"] }}
+resources = [{{ api_groups = [""], resources = ["pods/portforward"], namespaces = ["dev"], verbs = ["create"] }}]
 
 [[rule]]
 name = "editors-post-dev"
@@ -59,34 +66,51 @@ struct KubectlProxy {
     port: u16,
 }
 
+/// Starts a long-running kubectl (killed when dropped) and returns it with the port in the
+/// first line it prints: `Starting to serve on 127.0.0.1:41234`, `Forwarding from
+/// 127.0.0.1:41234 -> 5432`.
+async fn kubectl_listening(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, u16) {
+    let mut child = tokio::process::Command::new(kubectl())
+        .args(args)
+        .env_clear()
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().expect("kubeconfig dir"))
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line))
+        .await
+        .expect("kubectl says where it listens")
+        .expect("read kubectl's stdout");
+    // Keep reading: kubectl, like any Go program, dies of SIGPIPE when it writes
+    // ("Handling connection for 5432") to a closed stdout.
+    tokio::spawn(async move {
+        let mut sink = String::new();
+        while stdout.read_line(&mut sink).await.is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    let port = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("127.0.0.1:"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (child, port)
+}
+
 impl KubectlProxy {
     async fn start(kubeconfig: &std::path::Path) -> Self {
-        let mut child = tokio::process::Command::new(kubectl())
-            .args(["proxy", "--port=0", "--address=127.0.0.1"])
-            .env_clear()
-            .env("KUBECONFIG", kubeconfig)
-            .env("HOME", kubeconfig.parent().expect("kubeconfig dir"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kubectl proxy starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await
-        .expect("kubectl proxy says where it serves")
-        .expect("read kubectl proxy's stdout");
-        // "Starting to serve on 127.0.0.1:41234"
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let args = ["proxy", "--port=0", "--address=127.0.0.1"];
+        let (child, port) = kubectl_listening(kubeconfig, &args, &[]).await;
         KubectlProxy { child, port }
     }
 
@@ -328,4 +352,169 @@ resources = [{{ api_groups = [""], resources = ["nodes/proxy"], verbs = ["get"] 
     let attrs = kubegate_policy::resolve("GET", &path, None);
     let ops = kubegate_policy::Subject::new("o", ["ops"]);
     assert!(loaded.policy.decide(&ops, &attrs).allowed);
+}
+
+/// A TCP service standing in for a pod's port: echoes until the client is done sending,
+/// then closes; or, once `quit` is set, says `bye` and closes at once.
+async fn tcp_service(quit: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let quit = quit.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                if quit {
+                    let _ = conn.write_all(b"bye\n").await;
+                } else {
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// `kubectl port-forward` to `dev/db`'s port 5432 from a free loopback port.
+const FORWARD_DB: [&str; 6] = [
+    "port-forward",
+    "-n",
+    "dev",
+    "pod/db",
+    ":5432",
+    "--address=127.0.0.1",
+];
+
+/// Pod `dev/db` (created by kubectl as alice in `groups`) whose port-forwards reach a
+/// [`tcp_service`]; returns alice's kubeconfig and the service's quit switch.
+async fn db_pod(
+    gw: &TestGateway,
+    groups: &[&str],
+) -> (
+    std::path::PathBuf,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    gw.sandbox
+        .port_forward_to("dev", "db", tcp_service(quit.clone()).await);
+    let alice = gw.client_kubeconfig("alice", &gw.issuer.token("alice", groups));
+    let run = [
+        "run",
+        "db",
+        "-n",
+        "dev",
+        "--image=postgres",
+        "--restart=Never",
+    ];
+    let (ok, _, stderr) = kubegate_tests::run_kubectl(&alice, &run).await;
+    assert!(ok, "{stderr}");
+    (alice, quit)
+}
+
+async fn forwarded_exchange(port: u16, quit: &std::sync::atomic::AtomicBool) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let within = |what: &'static str| {
+        move |r: Result<std::io::Result<usize>, tokio::time::error::Elapsed>| {
+            r.unwrap_or_else(|_| panic!("{what} within 10 s"))
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+        }
+    };
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // Both ways, a few times, with bytes that are no protocol at all.
+    for payload in [&b"hello\n"[..], &[0u8, 0x80, 0xff, 3], &[7u8; 40_000]] {
+        conn.write_all(payload).await.unwrap();
+        let mut echoed = vec![0; payload.len()];
+        within("the echo")(
+            tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut echoed)).await,
+        );
+        assert_eq!(echoed, payload);
+    }
+    // We close our side: the rest of the echo and then the end come back.
+    conn.write_all(b"last").await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within("the end of the echo")(
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await,
+    );
+    assert_eq!(rest, b"last");
+
+    // The service closes first: its last words, then the end, reach us.
+    quit.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within("the service's close")(
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await,
+    );
+    assert_eq!(rest, b"bye\n");
+    quit.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_reaches_a_tcp_service_over_websocket_and_spdy() {
+    let (gw, _app) = lab().await;
+    let (alice, quit) = db_pod(&gw, &["devs", "tunnelers"]).await;
+    let args = FORWARD_DB;
+
+    // kubectl 1.32's default: SPDY tunnelled in a WebSocket.
+    let (mut websocket, port) = kubectl_listening(&alice, &args, &[]).await;
+    forwarded_exchange(port, &quit).await;
+    let _ = websocket.kill().await;
+    // Its fallback, and what older clients speak: a SPDY upgrade.
+    let spdy_only = [("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")];
+    let (mut spdy, port) = kubectl_listening(&alice, &args, &spdy_only).await;
+    forwarded_exchange(port, &quit).await;
+    let _ = spdy.kill().await;
+
+    let path = "/api/v1/namespaces/dev/pods/db/portforward";
+    let upgrades: Vec<(String, Vec<String>)> = gw
+        .sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_and_query == path)
+        .map(|r| {
+            let upgrade = r
+                .header_values("upgrade")
+                .iter()
+                .map(|v| v.to_ascii_lowercase())
+                .collect();
+            (r.method, upgrade)
+        })
+        .collect();
+    assert_eq!(
+        upgrades,
+        [
+            ("GET".to_owned(), vec!["websocket".to_owned()]),
+            ("POST".to_owned(), vec!["spdy/3.1".to_owned()]),
+        ]
+    );
+    kubegate_tests::eventually("the tunnels are closed", async || {
+        gw.sandbox.open_tunnels() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn port_forward_without_create_on_pods_portforward_gets_the_gateways_403() {
+    let (gw, _app) = lab().await;
+    let (alice, _quit) = db_pod(&gw, &["devs"]).await;
+    let (ok, _, stderr) = kubegate_tests::run_kubectl(&alice, &FORWARD_DB).await;
+    assert!(!ok, "refused: {stderr}");
+    assert!(
+        stderr.contains(r#"cannot create resource "pods/portforward""#),
+        "the gateway's refusal: {stderr}"
+    );
+    assert!(
+        !gw.sandbox
+            .requests()
+            .iter()
+            .any(|r| r.path_and_query.contains("portforward")),
+        "nothing reached the API server"
+    );
 }
