@@ -53,6 +53,19 @@ pub fn resolve_path(data: &[u8]) -> bool {
     }
     let lower = path.to_ascii_lowercase();
     assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"));
+    // Empty segments only in a proxy request's backend path; the part decided on
+    // has none, and the backend path is the raw tail, forwarded as sent.
+    let decided = match canonical.backend_path() {
+        Some(backend) => {
+            assert!(path.ends_with(backend));
+            &path[..path.len() - backend.len()]
+        }
+        None => path,
+    };
+    assert!(!decided.contains("//") && (decided == "/" || !decided.ends_with('/')));
+    for seg in path.split('/') {
+        assert!(seg != "." && seg != "..", "dot segment in {path:?}");
+    }
 
     let method = METHODS[data.len() % METHODS.len()];
     let attrs = resolve(method, &canonical, query);
@@ -61,9 +74,22 @@ pub fn resolve_path(data: &[u8]) -> bool {
     let _ = attrs.is_long_running();
     if let RequestAttributes::Resource(r) = &attrs {
         assert!(r.api_prefix == "api" || r.api_prefix == "apis");
-        if ["exec", "attach", "portforward", "proxy"].contains(&r.subresource.as_str()) {
+        if ["exec", "attach", "portforward"].contains(&r.subresource.as_str()) {
             assert_eq!(r.verb, "create");
         }
+    }
+    // The backend path is never part of the decision: the request without it
+    // resolves to the same attributes.
+    if canonical.backend_path().is_some() {
+        let bare = normalize_path(decided).expect("the decided part is canonical alone");
+        assert_eq!(bare.backend_path(), Some(""));
+        let mut without = resolve(method, &bare, query);
+        if let (RequestAttributes::Resource(w), RequestAttributes::Resource(r)) =
+            (&mut without, &attrs)
+        {
+            w.path.clone_from(&r.path);
+        }
+        assert_eq!(without, attrs);
     }
     for subject in [
         Subject::new("alice", ["devs"]),

@@ -6,6 +6,15 @@
 //! form) is rejected, so the string we authorise is byte-for-byte the string
 //! the API server receives, and the segments we resolve are the segments the
 //! API server's Go `net/url` decoding produces.
+//!
+//! One part of a path is not ours to read: what follows the `proxy`
+//! subresource of a pod, service or node (core group, and the legacy
+//! `/api/<version>/proxy/...` form after the name) is the backend's path. The
+//! API server hands it to the backend and never authorises on it, so neither
+//! do we: it is excluded from [`CanonicalPath::segments`] and may be empty,
+//! end with `/` or contain `//`, since web applications need those. Every
+//! other rule (dot segments, encoded separators, backslashes, control bytes,
+//! escapes) holds there too, and it is forwarded byte for byte.
 
 use thiserror::Error;
 
@@ -19,6 +28,8 @@ pub const MAX_SEGMENT_LEN: usize = 1024;
 pub struct CanonicalPath {
     raw: String,
     segments: Vec<String>,
+    /// Where the backend's path of a proxy request starts in `raw`.
+    backend_at: Option<usize>,
 }
 
 impl CanonicalPath {
@@ -27,9 +38,18 @@ impl CanonicalPath {
         &self.raw
     }
 
-    /// Percent-decoded segments (empty for `/`), as the API server splits them.
+    /// Percent-decoded segments (empty for `/`), as the API server splits them:
+    /// the ones a decision reads, so for a proxy request those up to `proxy` (the
+    /// legacy form: up to the name), not the backend's path.
     pub fn segments(&self) -> &[String] {
         &self.segments
+    }
+
+    /// The backend's path of a proxy request, raw: what follows
+    /// `.../<pods|services|nodes>/<name>/proxy` (`""`, `/`, `/a/`, `//a`, ...).
+    /// `None` for any other request.
+    pub fn backend_path(&self) -> Option<&str> {
+        self.backend_at.map(|at| &self.raw[at..])
     }
 }
 
@@ -56,7 +76,8 @@ pub enum PathError {
     /// A segment is longer than [`MAX_SEGMENT_LEN`].
     #[error("path segment exceeds {MAX_SEGMENT_LEN} bytes")]
     SegmentTooLong,
-    /// `//` somewhere, or a trailing `/` on anything but the root.
+    /// `//` somewhere, or a trailing `/` on anything but the root (a proxy
+    /// request's backend path may have both).
     #[error("path contains an empty segment")]
     EmptySegment,
     /// A `.` or `..` segment, plain or percent-encoded.
@@ -103,15 +124,63 @@ pub fn normalize_path(raw: &str) -> Result<CanonicalPath, PathError> {
     }
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let mut segments = Vec::new();
+    let mut backend_at = None;
     if !rest.is_empty() {
+        // Byte offset in `raw` of the segment being read.
+        let mut at = 1;
         for seg in rest.split('/') {
-            segments.push(decode_segment(seg)?);
+            if backend_at.is_none() {
+                segments.push(decode_segment(seg)?);
+                if is_proxy_prefix(&segments) {
+                    backend_at = Some(at + seg.len());
+                }
+            } else if !seg.is_empty() {
+                decode_segment(seg)?;
+            }
+            at += seg.len() + 1;
         }
     }
     Ok(CanonicalPath {
         raw: raw.to_owned(),
         segments,
+        backend_at,
     })
+}
+
+/// Resources whose `proxy` subresource reaches a backend.
+const PROXIED: [&str; 3] = ["pods", "services", "nodes"];
+
+/// Whether `s` is, read as RequestInfo reads it, a whole proxy target:
+/// `api/<v>/[namespaces/<ns>/]<resource>/<name>/proxy` or the legacy
+/// `api/<v>/proxy/[namespaces/<ns>/]<resource>/<name>`. Asked after every
+/// segment, so the first such prefix ends the part a decision reads.
+fn is_proxy_prefix(s: &[String]) -> bool {
+    let [api, _version, rest @ ..] = s else {
+        return false;
+    };
+    if api != "api" {
+        return false;
+    }
+    let (legacy, rest) = match rest {
+        [verb, rest @ ..] if verb == "proxy" => (true, rest),
+        _ => (false, rest),
+    };
+    // RequestInfo re-roots at the resource after `namespaces/<ns>`, except for
+    // the namespace's own subresources.
+    let rest = match rest {
+        [namespaces, _ns, r @ ..]
+            if namespaces == "namespaces"
+                && r.first().is_some_and(|s| s != "status" && s != "finalize") =>
+        {
+            r
+        }
+        _ => rest,
+    };
+    match (legacy, rest) {
+        (true, [resource, _name]) => PROXIED.contains(&resource.as_str()),
+        (false, [resource, _name, sub]) => PROXIED.contains(&resource.as_str()) && sub == "proxy",
+        _ => false,
+    }
 }
 
 fn decode_segment(seg: &str) -> Result<String, PathError> {
@@ -264,6 +333,98 @@ mod tests {
         for (p, want) in cases {
             assert_eq!(normalize_path(p), Err(*want), "{p:?}");
         }
+    }
+
+    const SVC: &str = "/api/v1/namespaces/dev/services/web:80/proxy";
+
+    #[test]
+    fn a_proxy_requests_backend_path_is_set_aside_and_may_have_empty_segments() {
+        let svc = [
+            "api",
+            "v1",
+            "namespaces",
+            "dev",
+            "services",
+            "web:80",
+            "proxy",
+        ];
+        for (rest, backend) in [
+            ("", ""),
+            ("/", "/"),
+            ("//a", "//a"),
+            ("/a/", "/a/"),
+            ("/static/app.js", "/static/app.js"),
+            ("/a//b//", "/a//b//"),
+            ("/a%20b/", "/a%20b/"),
+        ] {
+            let raw = format!("{SVC}{rest}");
+            let p = normalize_path(&raw).unwrap();
+            assert_eq!(p.as_str(), raw);
+            assert_eq!(p.segments(), svc, "{raw}");
+            assert_eq!(p.backend_path(), Some(backend), "{raw}");
+            assert_eq!(normalize_path(p.as_str()).unwrap(), p);
+        }
+        for (raw, backend) in [
+            ("/api/v1/namespaces/dev/pods/x/proxy/", "/"),
+            ("/api/v1/namespaces/dev/pods/x:8080/proxy/a//", "/a//"),
+            ("/api/v1/nodes/n1:10250/proxy/", "/"),
+            ("/api/v1/nodes/n1/proxy", ""),
+            // Legacy: the backend's path follows the name.
+            ("/api/v1/proxy/namespaces/dev/services/web/", "/"),
+            ("/api/v1/proxy/nodes/n1//a", "//a"),
+        ] {
+            let p = normalize_path(raw).unwrap();
+            assert_eq!(p.backend_path(), Some(backend), "{raw}");
+            assert!(!p.segments().iter().any(String::is_empty), "{raw}");
+        }
+        assert_eq!(normalize_path("/api/v1/pods").unwrap().backend_path(), None);
+    }
+
+    #[test]
+    fn only_a_proxy_target_may_end_in_a_slash() {
+        for raw in [
+            "/api/v1/namespaces/dev/configmaps/x/proxy/",
+            "/apis/g/v1/namespaces/dev/pods/x/proxy/",
+            "/api/v1/namespaces/dev/pods/x/log/",
+            "/api/v1/namespaces/dev/pods/x/exec/",
+            "/api/v1/namespaces/dev/services//proxy/",
+            "/api/v1/namespaces//services/web/proxy/",
+            "/api/v1/namespaces/dev/services/web/proxy2/",
+            "/api/v1/watch/namespaces/dev/pods/x/proxy/",
+            "/api/v1/namespaces/dev/status/x/proxy/",
+            "/api/v1/proxy/namespaces/dev/",
+            "/api//proxy/nodes/n/",
+            "/api/v1/services/",
+        ] {
+            assert_eq!(normalize_path(raw), Err(PathError::EmptySegment), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_backend_path_obeys_every_other_rule() {
+        use PathError::*;
+        for (rest, want) in [
+            ("/../secrets", DotSegment),
+            ("/%2e%2e/", DotSegment),
+            ("/./", DotSegment),
+            ("//..", DotSegment),
+            ("/a/%2E", DotSegment),
+            ("/a%2Fb", EncodedSlash),
+            ("/a%5cb", Backslash),
+            ("/a\\b", Backslash),
+            ("/%00", ControlCharacter),
+            ("/a\tb", ControlCharacter),
+            ("/a%zz", MalformedEscape),
+            ("/%41", EncodedUnreserved),
+            ("/%ff", InvalidUtf8),
+            ("/a?b", QueryOrFragment),
+            ("/a b", InvalidCharacter),
+        ] {
+            let raw = format!("{SVC}{rest}");
+            assert_eq!(normalize_path(&raw), Err(want), "{raw:?}");
+        }
+        let long = format!("{SVC}//{}", "a".repeat(MAX_SEGMENT_LEN + 1));
+        assert_eq!(normalize_path(&long), Err(SegmentTooLong));
     }
 
     #[test]

@@ -3,10 +3,18 @@
 //! `pkg/endpoints/request/requestinfo.go` (`RequestInfoFactory.NewRequestInfo`)
 //! with prefixes `api` (groupless) and `apis`.
 //!
+//! The `proxy` subresource of pods, services and nodes is read exactly as the
+//! API server reads it: the verb comes from the method (GET and HEAD `get`,
+//! POST `create`, PUT `update`, PATCH `patch`, DELETE `delete`), the name is
+//! the segment as written (`web:80`, `https:web:443`), and the backend's path
+//! after `proxy` is not read at all (see [`crate::path`]). So a policy says
+//! what an RBAC role says, and `kubectl auth can-i get services/proxy` agrees.
+//!
 //! Deliberate deviations, all in the direction of "never weaker":
-//! - `exec`, `attach`, `portforward` and `proxy` subresources resolve to verb
-//!   `create` whatever the method (their WebSocket form arrives as GET, and a
-//!   read-only grant must not open a shell).
+//! - `exec`, `attach` and `portforward` subresources resolve to verb `create`
+//!   whatever the method (their WebSocket form arrives as GET, current API
+//!   servers authorise it as create too, and a read-only grant must not open
+//!   a shell).
 //! - For a resource request with a method outside POST/GET/HEAD/PUT/PATCH/
 //!   DELETE the API server uses verb "" (and then rejects the method); we use
 //!   the lower-case method, or "" if that would spell a Kubernetes verb
@@ -128,8 +136,9 @@ impl fmt::Display for RequestAttributes {
     }
 }
 
-/// Subresources that are really "run something" and are authorised as create.
-const CONNECT_SUBRESOURCES: [&str; 4] = ["exec", "attach", "portforward", "proxy"];
+/// Subresources that are really "run something" and are authorised as create
+/// (not `proxy`: its verb is the method's, as in RBAC).
+const CONNECT_SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
 
 /// The Kubernetes API verbs: what a resource request resolves to and a rule may name.
 pub const KUBERNETES_VERBS: [&str; 8] = [

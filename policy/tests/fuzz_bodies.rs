@@ -170,3 +170,31 @@ fn fuzz_target_bodies_on_pseudo_random_inputs() {
         let _ = parse_policy(&bytes);
     }
 }
+
+/// Proxy targets, the legacy form included, to put backend paths behind.
+const PROXY_TARGETS: &[&str] = &[
+    "/api/v1/namespaces/dev/services/web:80/proxy",
+    "/api/v1/namespaces/dev/services/https:web:443/proxy",
+    "/api/v1/namespaces/dev/pods/web-0:8080/proxy",
+    "/api/v1/nodes/n1/proxy",
+    "/api/v1/proxy/namespaces/dev/services/web",
+    "/api/v1/proxy/nodes/n1",
+    "/api/v1/watch/namespaces/dev/pods/web/proxy",
+];
+
+#[test]
+fn fuzz_resolve_body_on_backend_paths() {
+    let mut rng = Rng(0x0bad_5eed_1234_5678);
+    let mut accepted = 0;
+    for _ in 0..3000 {
+        let mut input = rng.pick(PROXY_TARGETS).as_bytes().to_vec();
+        if rng.below(4) != 0 {
+            input.extend(generate(&mut rng, PATH_DICT, 6));
+        }
+        if rng.below(3) == 0 {
+            input.extend_from_slice(b"/");
+        }
+        accepted += usize::from(resolve_path(&input));
+    }
+    assert!(accepted > 600, "only {accepted} proxy paths accepted");
+}

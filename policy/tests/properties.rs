@@ -88,16 +88,47 @@ proptest! {
         if let Ok(p) = normalize_path(&raw) {
             let lower = raw.to_ascii_lowercase();
             prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"));
-            prop_assert!(!raw.contains('\\') && !raw.contains("//"));
-            prop_assert!(raw == "/" || !raw.ends_with('/'));
+            prop_assert!(!raw.contains('\\'));
+            // Only a proxy request's backend path may hold empty segments.
+            let decided = &raw[..raw.len() - p.backend_path().map_or(0, str::len)];
+            prop_assert!(!decided.contains("//"));
+            prop_assert!(decided == "/" || !decided.ends_with('/'));
+            prop_assert!(!raw.split('/').any(|s| s == "." || s == ".."));
             for seg in p.segments() {
                 prop_assert!(seg != "." && seg != ".." && !seg.is_empty());
                 prop_assert!(!seg.contains('/') && !seg.contains('\\'));
                 prop_assert!(!seg.chars().any(char::is_control));
             }
             // Raw segments split the same way the decoded ones do.
-            let raw_count = if raw == "/" { 0 } else { raw.matches('/').count() };
+            let raw_count = if decided == "/" { 0 } else { decided.matches('/').count() };
             prop_assert_eq!(raw_count, p.segments().len());
+        }
+    }
+
+    #[test]
+    fn a_backend_path_never_changes_the_decision(
+        target in select(vec![
+            "/api/v1/namespaces/dev/services/web:80/proxy",
+            "/api/v1/namespaces/dev/pods/web-0/proxy",
+            "/api/v1/nodes/n1:10250/proxy",
+            "/api/v1/proxy/namespaces/dev/services/web",
+        ]),
+        method in select(vec!["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+        tail in raw_path(),
+        query in select(vec!["", "x=1", "watch=1", "fieldSelector=metadata.name%3Dx"]),
+    ) {
+        let raw = format!("{target}{}", tail.strip_prefix('/').map_or(String::new(), |t| format!("/{t}")));
+        let q = (!query.is_empty()).then_some(query);
+        let bare = resolve(method, &normalize_path(target).unwrap(), q);
+        if let Ok(p) = normalize_path(&raw) {
+            prop_assert_eq!(p.as_str(), raw.as_str());
+            prop_assert_eq!(p.backend_path(), Some(&raw[target.len()..]));
+            let RequestAttributes::Resource(mut got) = resolve(method, &p, q) else {
+                panic!("a proxy request is a resource request");
+            };
+            prop_assert_eq!(&got.path, &raw);
+            got.path = target.to_owned();
+            prop_assert_eq!(RequestAttributes::Resource(got), bare);
         }
     }
 }

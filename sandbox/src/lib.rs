@@ -8,21 +8,29 @@
 //! `kubectl auth whoami` shows the impersonated identity. Pods have logs (`follow` streams
 //! what [`Sandbox::append_log`] adds), `exec` and `attach` speak the WebSocket
 //! `v5.channel.k8s.io` protocol and echo stdin to stdout, and `portforward` echoes bytes
-//! after a `SPDY/3.1` upgrade. It does not enforce RBAC (but see
-//! [`Sandbox::deny_connect`]), run containers, or persist anything.
+//! after a `SPDY/3.1` upgrade, or speaks the real port-forward protocol to a TCP backend
+//! registered with [`Sandbox::port_forward_to`]. Services and pods have a `proxy` subresource that forwards to
+//! real HTTP backends registered with [`Sandbox::proxy_to`] (such as a [`WebApp`]). It does
+//! not enforce RBAC (but see [`Sandbox::deny_connect`]), run containers, or persist anything.
 
 mod discovery;
 mod logs;
 mod proto;
+mod proxy;
 mod remote;
 mod routes;
 mod select;
 mod server;
+mod spdy;
 mod status;
 mod store;
 mod table;
 mod time;
 mod tls;
+pub mod webapp;
+
+pub use proxy::ProxyKind;
+pub use webapp::WebApp;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -274,6 +282,27 @@ impl Sandbox {
     /// the API server does when RBAC refuses them (the sandbox enforces no other RBAC).
     pub fn deny_connect(&self, user: &str) {
         self.shared.connect_denied().insert(user.to_string());
+    }
+
+    /// Sends `services/<name>[:<port>]/proxy/...` (or the pod form) in namespace `ns` to the
+    /// HTTP backend at `backend`, whatever the port; a later call for the same name replaces
+    /// it. Unregistered names answer 404, as for an object that does not exist.
+    pub fn proxy_to(&self, kind: ProxyKind, ns: &str, name: &str, backend: SocketAddr) {
+        self.shared
+            .backends
+            .lock()
+            .insert((kind, ns.to_owned(), name.to_owned()), backend);
+    }
+
+    /// Makes `kubectl port-forward` to pod `ns/pod` reach the TCP server at `backend`
+    /// (whatever remote port it names), speaking the real protocol: SPDY/3.1 tunnelled in a
+    /// WebSocket, or after a `SPDY/3.1` upgrade. Other pods keep the raw echo.
+    pub fn port_forward_to(&self, ns: &str, pod: &str, backend: SocketAddr) {
+        self.shared
+            .port_forwards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns.to_owned(), pod.to_owned()), backend);
     }
 
     /// Upgraded sessions (exec, attach, port-forward) open right now.

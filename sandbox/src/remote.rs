@@ -11,6 +11,9 @@
 //!   included (no SPDY framing: it exists for protocol-level tests of a proxy), and a
 //!   WebSocket upgrade by echoing binary messages.
 //!
+//! A pod given a backend with [`crate::Sandbox::port_forward_to`] speaks port-forward for
+//! real instead, over either transport (spdy.rs).
+//!
 //! SPDY exec and attach are refused with 400: kubectl only falls back to SPDY when the
 //! WebSocket upgrade fails, and a raw echo would confuse it.
 
@@ -30,6 +33,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::server::{Shared, spawn_until_stopped};
+use crate::spdy;
 use crate::status::ApiError;
 use crate::store::Resource;
 
@@ -39,6 +43,8 @@ const STATUS: u8 = 3;
 /// v5: `[CLOSE, channel]` says the sender will write no more on `channel`.
 const CLOSE: u8 = 255;
 
+/// kubectl 1.30+'s first choice for port-forward: SPDY tunnelled in WebSocket messages.
+const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 const V5: &str = "v5.channel.k8s.io";
 const V4: &str = "v4.channel.k8s.io";
 
@@ -73,6 +79,30 @@ pub(crate) async fn connect(
         .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
     let guard = TunnelGuard::new(&shared.tunnels);
     let stop = shared.stop.clone();
+    // A pod with a port-forward backend speaks the real protocol to it (spdy.rs).
+    if let Some(backend) = (sub == "portforward")
+        .then(|| shared.port_forward_backend(ns, name))
+        .flatten()
+    {
+        return match upgrade.as_deref() {
+            Some("websocket") => {
+                let ws = websocket(&mut parts).await?.protocols([SPDY_TUNNEL]);
+                if ws.selected_protocol().is_none() {
+                    return Err(ApiError::bad_request(format!(
+                        "the sandbox tunnels port-forward as {SPDY_TUNNEL} only"
+                    )));
+                }
+                Ok(ws.on_upgrade(move |socket| async move {
+                    let _guard = guard;
+                    until_stopped(stop, spdy::over_websocket(socket, backend)).await;
+                }))
+            }
+            Some("spdy/3.1") => {
+                switch_to_spdy(parts, guard, stop, move |io| spdy::over_io(io, backend))
+            }
+            _ => Err(ApiError::bad_request("Upgrade request required")),
+        };
+    }
     match (upgrade.as_deref(), sub) {
         (None, _) => Err(ApiError::bad_request("Upgrade request required")),
         (Some("websocket"), "exec" | "attach") => {
@@ -92,17 +122,16 @@ pub(crate) async fn connect(
             }))
         }
         (Some("websocket"), _) => {
-            let ws = websocket(&mut parts).await?.protocols([
-                "SPDY/3.1+portforward.k8s.io",
-                "portforward.k8s.io",
-                V4,
-            ]);
+            let ws =
+                websocket(&mut parts)
+                    .await?
+                    .protocols([SPDY_TUNNEL, "portforward.k8s.io", V4]);
             Ok(ws.on_upgrade(move |socket| async move {
                 let _guard = guard;
                 until_stopped(stop, echo_messages(socket)).await;
             }))
         }
-        (Some("spdy/3.1"), "portforward") => raw_echo(parts, guard, stop),
+        (Some("spdy/3.1"), "portforward") => switch_to_spdy(parts, guard, stop, raw_echo),
         (Some("spdy/3.1"), _) => Err(ApiError::bad_request(format!(
             "the sandbox speaks {sub} over WebSocket ({V5}) only"
         ))),
@@ -267,13 +296,26 @@ async fn echo_messages(mut socket: WebSocket) {
     }
 }
 
-/// `101 Switching Protocols` to `SPDY/3.1`, then every byte received is sent back; when the
-/// client closes its sending side, so does the sandbox, after the echo.
-fn raw_echo(
+/// Every byte received is sent back; when the client closes its sending side, so does the
+/// sandbox, after the echo.
+async fn raw_echo(upgraded: TokioIo<hyper::upgrade::Upgraded>) {
+    let (mut reader, mut writer) = tokio::io::split(upgraded);
+    if tokio::io::copy(&mut reader, &mut writer).await.is_ok() {
+        let _ = writer.shutdown().await;
+    }
+}
+
+/// `101 Switching Protocols` to `SPDY/3.1`, then `session` on the upgraded connection.
+fn switch_to_spdy<F, Fut>(
     mut parts: Parts,
     guard: TunnelGuard,
     stop: tokio::sync::watch::Receiver<()>,
-) -> Result<Response, ApiError> {
+    session: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let on_upgrade = parts
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -293,10 +335,7 @@ fn raw_echo(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
-        if tokio::io::copy(&mut reader, &mut writer).await.is_ok() {
-            let _ = writer.shutdown().await;
-        }
+        session(TokioIo::new(upgraded)).await;
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

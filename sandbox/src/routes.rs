@@ -19,7 +19,7 @@ use crate::status::{self, ApiError, json_response};
 use crate::store::{Event, Resource, merge_patch};
 use crate::table::{self, IncludeObject};
 use crate::time::rfc3339;
-use crate::{discovery, logs, proto, remote};
+use crate::{discovery, logs, proto, proxy, remote};
 
 // As the API server's default limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -167,8 +167,12 @@ fn core_target<'a>(segments: &[&'a str]) -> Option<Target<'a>> {
 }
 
 async fn route(shared: &Shared, parts: Parts, body: Body) -> ApiResult {
-    let params = Params::from_parts(&parts)?;
     let path = parts.uri.path().to_string();
+    // Read from the raw path: the backend's path keeps its empty segments and trailing slash.
+    if let Some(target) = proxy::ProxyTarget::parse(&path) {
+        return proxy::forward(shared, target, parts, body).await;
+    }
+    let params = Params::from_parts(&parts)?;
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = parts.method.clone();
     let get_only = |value: Value| -> ApiResult {

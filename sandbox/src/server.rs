@@ -1,7 +1,7 @@
 //! The listener: TLS handshakes, HTTP/1.1 or HTTP/2 per connection (hyper-util's auto
 //! builder, upgrades enabled), and the state every request handler shares.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::RecordedRequest;
 use crate::logs::Logs;
+use crate::proxy::Backends;
 use crate::store::Store;
 
 // A client that opens a socket and never finishes the handshake must not hold a task forever.
@@ -39,6 +40,10 @@ pub(crate) struct Shared {
     /// Users whose exec, attach and port-forward requests are refused with 403, as RBAC
     /// would refuse them on a real API server.
     pub(crate) connect_denied: Mutex<HashSet<String>>,
+    /// Where service and pod proxy requests go.
+    pub(crate) backends: Backends,
+    /// TCP backends of pods' port-forwards, by namespace and pod.
+    pub(crate) port_forwards: Mutex<HashMap<(String, String), SocketAddr>>,
     recorded: Mutex<Recorded>,
     delay: Mutex<Duration>,
 }
@@ -69,6 +74,8 @@ impl Shared {
             stop,
             tunnels: Arc::new(AtomicUsize::new(0)),
             connect_denied: Mutex::new(HashSet::new()),
+            backends: Backends::default(),
+            port_forwards: Mutex::new(HashMap::new()),
             recorded: Mutex::new(Recorded::default()),
             delay: Mutex::new(Duration::ZERO),
         }
@@ -84,6 +91,14 @@ impl Shared {
 
     pub(crate) fn set_delay(&self, delay: Duration) {
         *self.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    }
+
+    pub(crate) fn port_forward_backend(&self, ns: &str, pod: &str) -> Option<SocketAddr> {
+        self.port_forwards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_owned(), pod.to_owned()))
+            .copied()
     }
 
     pub(crate) fn connect_denied(&self) -> MutexGuard<'_, HashSet<String>> {

@@ -106,6 +106,15 @@ impl ApiError {
         )
     }
 
+    /// A proxy's backend could not be reached.
+    pub(crate) fn service_unavailable(message: String) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
+    }
+
     pub(crate) fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

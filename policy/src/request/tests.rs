@@ -231,11 +231,10 @@ fn get_api_request_info() {
             "status",
             "foo",
         ),
-        // The API server says "get" here; kubegate authorises proxy as create.
         (
             "GET",
             "/api/v1/namespaces/other/pods/foo/proxy/subpath",
-            "create",
+            "get",
             "api",
             "",
             "v1",
@@ -380,11 +379,11 @@ fn get_api_request_info() {
             "",
             "",
         ),
-        // service, node and pod proxy (kubegate: create)
+        // service, node and pod proxy: the verb is the method's
         (
             "GET",
             "/api/v1/namespaces/ns/services/web:8080/proxy/a/b/c",
-            "create",
+            "get",
             "api",
             "",
             "v1",
@@ -396,7 +395,7 @@ fn get_api_request_info() {
         (
             "GET",
             "/api/v1/namespaces/ns/services/https:web:443/proxy",
-            "create",
+            "get",
             "api",
             "",
             "v1",
@@ -420,7 +419,7 @@ fn get_api_request_info() {
         (
             "DELETE",
             "/api/v1/namespaces/ns/services/web:http/proxy/x",
-            "create",
+            "delete",
             "api",
             "",
             "v1",
@@ -432,7 +431,7 @@ fn get_api_request_info() {
         (
             "GET",
             "/api/v1/nodes/node-1/proxy/metrics",
-            "create",
+            "get",
             "api",
             "",
             "v1",
@@ -444,7 +443,7 @@ fn get_api_request_info() {
         (
             "GET",
             "/api/v1/nodes/node-1:10250/proxy/stats/summary",
-            "create",
+            "get",
             "api",
             "",
             "v1",
@@ -456,7 +455,7 @@ fn get_api_request_info() {
         (
             "GET",
             "/api/v1/namespaces/ns/pods/web-0:8080/proxy/healthz",
-            "create",
+            "get",
             "api",
             "",
             "v1",
@@ -767,6 +766,84 @@ fn field_selector_parsing() {
         (del.verb.as_str(), del.name.as_str()),
         ("deletecollection", "")
     );
+}
+
+#[test]
+fn proxy_verbs_come_from_the_method_and_connects_stay_create() {
+    let svc = "/api/v1/namespaces/dev/services/web:80/proxy/static/app.js";
+    for (method, verb) in [
+        ("GET", "get"),
+        ("HEAD", "get"),
+        ("POST", "create"),
+        ("PUT", "update"),
+        ("PATCH", "patch"),
+        ("DELETE", "delete"),
+        ("OPTIONS", "options"),
+        ("LIST", ""),
+    ] {
+        for url in [
+            svc,
+            "/api/v1/namespaces/dev/pods/web-0:8080/proxy/",
+            "/api/v1/nodes/n1/proxy/",
+        ] {
+            let r = res(method, url);
+            assert_eq!(
+                (r.verb.as_str(), r.subresource.as_str()),
+                (verb, "proxy"),
+                "{method} {url}"
+            );
+        }
+        for sub in ["exec", "attach", "portforward"] {
+            let r = res(method, &format!("/api/v1/namespaces/dev/pods/web/{sub}"));
+            assert_eq!(r.verb, "create", "{method} {sub}");
+        }
+    }
+    // The legacy form keeps its path verb and has no subresource, as in RequestInfo.
+    let legacy = res("GET", "/api/v1/proxy/namespaces/dev/services/web:80/");
+    assert_eq!(
+        (
+            legacy.verb.as_str(),
+            legacy.resource.as_str(),
+            legacy.name.as_str(),
+            legacy.subresource.as_str()
+        ),
+        ("proxy", "services", "web:80", "")
+    );
+}
+
+#[test]
+fn the_backend_path_and_query_are_not_part_of_the_decision() {
+    let base = "/api/v1/namespaces/dev/services/web:80/proxy";
+    let want = res("GET", base);
+    assert_eq!(
+        (
+            want.name.as_str(),
+            want.namespace.as_str(),
+            want.resource.as_str()
+        ),
+        ("web:80", "dev", "services")
+    );
+    for rest in [
+        "/",
+        "//a",
+        "/a/",
+        "/a?x=1",
+        "/exec",
+        "/a/b/c/d?watch=1&fieldSelector=metadata.name=x",
+        "/namespaces/kube-system/secrets/",
+    ] {
+        let url = format!("{base}{rest}");
+        let got = res("GET", &url);
+        assert_eq!(got.path, url.split('?').next().unwrap());
+        assert_eq!(
+            ResourceAttributes {
+                path: want.path.clone(),
+                ..got
+            },
+            want,
+            "{url}"
+        );
+    }
 }
 
 #[test]

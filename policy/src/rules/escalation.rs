@@ -44,6 +44,8 @@ struct Escalation {
 const CREATE: &[&str] = &["create"];
 const WRITE: &[&str] = &["create", "update", "patch"];
 const UPDATE: &[&str] = &["update", "patch"];
+/// What a proxy request resolves to: the verb of its method, as in RBAC.
+const PROXY: &[&str] = &["get", "create", "update", "patch", "delete"];
 const READ: &[&str] = &["get", "list", "watch"];
 /// RBAC verbs no request resolves to; only `verbs = ["*"]` covers them.
 const IMPERSONATE: &[&str] = &["impersonate"];
@@ -122,9 +124,10 @@ const ESCALATIONS: &[Escalation] = &[
         why: "a controller creates pods from its template, and a pod can mount any secret and service-account token of its namespace",
     },
     Escalation {
-        // Proxy subresources always resolve to create, so create is "any verb" here.
-        grants: &[cluster(CREATE, "", "nodes", "proxy")],
-        why: "reaches the kubelet api, which runs commands in any pod on the node (kubegate authorises every proxy request as create)",
+        // Any verb a proxy request resolves to: `get` is enough for the kubelet's
+        // websocket exec, so a read-looking grant is no safer than create.
+        grants: &[cluster(PROXY, "", "nodes", "proxy")],
+        why: "reaches the kubelet api, which runs commands in any pod on the node (get alone is enough: the kubelet serves exec and attach over websocket GETs)",
     },
     Escalation {
         grants: &[ns_sub(CREATE, "serviceaccounts", "token")],

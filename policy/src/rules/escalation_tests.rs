@@ -43,7 +43,7 @@ const PODS: &str = "a pod can mount any secret and service-account token of its 
 const EXEC: &str = "runs commands in (or attaches to) running containers, which hold their pod's secrets and service-account token (kubegate authorises these as create, kubectl's websocket GET included)";
 const EPHEMERAL: &str = "adds a container to a running pod, which runs with that pod's secrets and service-account token";
 const WORKLOADS: &str = "a controller creates pods from its template, and a pod can mount any secret and service-account token of its namespace";
-const NODES: &str = "reaches the kubelet api, which runs commands in any pod on the node (kubegate authorises every proxy request as create)";
+const NODES: &str = "reaches the kubelet api, which runs commands in any pod on the node (get alone is enough: the kubelet serves exec and attach over websocket GETs)";
 const TOKEN: &str =
     "mints a token for a service account, which then acts with that account's permissions";
 const IMPERSONATE: &str = "impersonation acts as another user, group or service account (verbs \"*\" include impersonate)";
@@ -113,7 +113,18 @@ const LISTED: &[(&str, &str, Option<&str>)] = &[
     (
         r#"{ api_groups = [""], resources = ["nodes/proxy"], verbs = ["create"] }"#,
         "create on nodes/proxy",
-        Some("GET /api/v1/nodes/n1/proxy/run/ns/pod/c"),
+        Some("POST /api/v1/nodes/n1/proxy/run/ns/pod/c"),
+    ),
+    // GET is `get` on a proxy, and the kubelet's exec takes a websocket GET.
+    (
+        r#"{ api_groups = [""], resources = ["nodes/proxy"], verbs = ["get"] }"#,
+        "get on nodes/proxy",
+        Some("GET /api/v1/nodes/x/proxy/"),
+    ),
+    (
+        r#"{ api_groups = [""], resources = ["nodes/*"], names = ["x"], verbs = ["delete", "get", "list"] }"#,
+        "get, delete on nodes/proxy",
+        Some("DELETE /api/v1/nodes/x/proxy/exec/ns/pod/c"),
     ),
     (
         r#"{ api_groups = [""], resources = ["serviceaccounts/token"], namespaces = ["dev"], verbs = ["create"] }"#,
@@ -215,7 +226,7 @@ pub(crate) const STAR_GRANTS: [&str; 11] = [
     "create on pods/exec, pods/attach in every namespace",
     "update, patch on pods/ephemeralcontainers in every namespace",
     "create, update, patch on deployments, replicasets, statefulsets, daemonsets, jobs, cronjobs, replicationcontrollers in every namespace",
-    "create on nodes/proxy",
+    "get, create, update, patch, delete on nodes/proxy",
     "create on serviceaccounts/token in every namespace",
     "impersonate on users, groups, serviceaccounts, uids, userextras/* in every namespace",
     "escalate, bind on roles, clusterroles in every namespace",
@@ -302,8 +313,10 @@ fn globs_count_as_the_engine_counts_them() {
 #[test]
 fn grants_the_engine_never_allows_do_not_warn() {
     for entry in [
-        // Connect subresources always resolve to create.
-        r#"{ api_groups = [""], resources = ["pods/exec", "pods/attach", "nodes/proxy"], verbs = ["get"] }"#,
+        // Connect subresources always resolve to create (proxy does not: see LISTED).
+        r#"{ api_groups = [""], resources = ["pods/exec", "pods/attach", "services/proxy"], verbs = ["get"] }"#,
+        // No proxy request resolves to list or watch.
+        r#"{ api_groups = [""], resources = ["nodes/proxy"], verbs = ["list", "watch", "deletecollection"] }"#,
         // A create on a collection carries no name.
         r#"{ api_groups = [""], resources = ["pods"], names = ["web"], verbs = ["create"] }"#,
         // Pods cannot be created outside a namespace.

@@ -51,7 +51,8 @@ pub use model::METHODS as HTTP_METHODS;
 ///   namespace; globs never match the empty namespace), optional `names`
 ///   (omitted = any incl. none; otherwise requests must carry a name),
 ///   `verbs` (get list watch create update patch delete deletecollection
-///   or `*`). exec/attach/portforward/proxy subresources are always `create`.
+///   or `*`). exec/attach/portforward subresources are always `create`; a
+///   proxy subresource has its method's verb (GET `get`, POST `create`, ...).
 /// - `paths` entries (non-resource requests only): `path` (canonical),
 ///   `prefix` (whole-segment prefix, default false), `methods` (get post put
 ///   patch delete head options or `*`; default all).

@@ -266,7 +266,7 @@ name = "proxy"
 effect = "allow"
 subjects = { users = ["u"] }
 resources = [
-  { api_groups = [""], resources = ["*/proxy"], verbs = ["create"] },
+  { api_groups = [""], resources = ["*/proxy"], verbs = ["get"] },
   { api_groups = ["apps"], resources = ["deployments/*"], verbs = ["*"] },
   { api_groups = [""], resources = ["configmaps"], names = ["app-*"], verbs = ["get"] },
   { api_groups = [""], resources = ["nodes", "namespaces"], namespaces = [""], verbs = ["get", "list"] },
@@ -279,6 +279,9 @@ resources = [
     let ok = |r: &str| p.decide(&u, &attrs(r)).allowed;
     assert!(ok("GET /api/v1/namespaces/x/services/web:80/proxy/a"));
     assert!(ok("GET /api/v1/nodes/n/proxy"));
+    assert!(ok("HEAD /api/v1/nodes/n/proxy/"));
+    // The method's verb: a get grant does not let a POST through.
+    assert!(!ok("POST /api/v1/namespaces/x/services/web:80/proxy/a"));
     assert!(!ok("GET /api/v1/namespaces/x/services/web"));
     assert!(ok("PUT /apis/apps/v1/namespaces/x/deployments/d/scale"));
     assert!(!ok("PUT /apis/apps/v1/namespaces/x/deployments/d"));
