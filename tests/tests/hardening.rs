@@ -238,3 +238,64 @@ async fn a_malformed_request_body_is_the_clients_fault() {
         "counted as an upstream failure:\n{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_slow_reader_holds_its_in_flight_slot_until_the_body_ends() {
+    // One request at a time for alice: the slot must cover the whole response body, not
+    // only its headers.
+    let gw = TestGateway::start_with(GatewayOptions {
+        limits_toml: Some("max_in_flight_per_user = 1".into()),
+        policy: format!(
+            "{}\n[[rule]]\nname = \"devs-logs\"\neffect = \"allow\"\nsubjects = {{ groups = [\"devs\"] }}\n\
+             resources = [{{ api_groups = [\"\"], resources = [\"pods/log\"], namespaces = [\"dev\"], verbs = [\"get\"] }}]\n",
+            kubegate_tests::TEST_POLICY
+        ),
+        ..GatewayOptions::default()
+    })
+    .await;
+    let token = alice(&gw);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "chatty", "namespace": "dev",
+            // 64 MiB of log: far more than the socket buffers hold.
+            "annotations": {"kubegate.dev/sandbox-log-bytes": "67108864"},
+        },
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+    });
+    let create = http::Request::post(format!("{}{PODS}", gw.url()))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(pod.to_string())))
+        .unwrap();
+    let client = https_client(&gw.pki.ca_pem, false);
+    assert_eq!(collect(&client, create).await.status, StatusCode::CREATED);
+
+    // A reader that takes the headers and then stops reading.
+    let slow = https_client(&gw.pki.ca_pem, false);
+    let request = http::Request::get(format!("{}{PODS}/chatty/log", gw.url()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Default::default())
+        .unwrap();
+    let response = slow.request(request).await.expect("the log starts");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Its body is still in flight: alice's next request meets the cap.
+    let refused = gw.get(PODS, &token).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", refused.body);
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("concurrent requests"),
+        "{:?}",
+        refused.body
+    );
+
+    // The reader goes away mid-body: the slot comes back.
+    drop(response);
+    drop(slow);
+    let mut status = StatusCode::TOO_MANY_REQUESTS;
+    eventually("the slot is released", async || {
+        status = gw.get(PODS, &token).await.status;
+        status == StatusCode::OK
+    })
+    .await;
+}
