@@ -266,7 +266,9 @@ async fn a_slow_reader_holds_its_in_flight_slot_until_the_body_ends() {
     let create = http::Request::post(format!("{}{PODS}", gw.url()))
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(pod.to_string())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            pod.to_string(),
+        )))
         .unwrap();
     let client = https_client(&gw.pki.ca_pem, false);
     assert_eq!(collect(&client, create).await.status, StatusCode::CREATED);
@@ -282,7 +284,12 @@ async fn a_slow_reader_holds_its_in_flight_slot_until_the_body_ends() {
 
     // Its body is still in flight: alice's next request meets the cap.
     let refused = gw.get(PODS, &token).await;
-    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", refused.body);
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        refused.body
+    );
     assert!(
         String::from_utf8_lossy(&refused.body).contains("concurrent requests"),
         "{:?}",

@@ -1,0 +1,323 @@
+//! The audit event: the Kubernetes API server's `audit.k8s.io/v1` `Event` at level
+//! `Metadata`, its audit ID, and its wire form (field names, omitted empties, RFC 3339
+//! timestamps with microseconds), so kubegate's records read like the API server's.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kubegate_policy::ForwardIdentity;
+use serde::{Serialize, Serializer};
+
+use crate::authn::Identity;
+
+/// A request's audit ID: a random (version 4) UUID in lowercase hex,
+/// `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AuditId(pub(super) String);
+
+impl AuditId {
+    /// A fresh random ID from the system RNG (aws-lc-rs).
+    pub fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+            // The system RNG failed; TLS is in trouble too. IDs need to be unique, not
+            // secret, so fall back to the clock and a process-wide counter.
+            tracing::error!(
+                "the system random generator failed; audit IDs fall back to clock and counter"
+            );
+            bytes = fallback_bytes();
+        }
+        Self::from_random(bytes)
+    }
+
+    /// Formats 16 random bytes as a version 4, variant 1 UUID.
+    pub(super) fn from_random(mut bytes: [u8; 16]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        let mut out = String::with_capacity(36);
+        for (i, byte) in bytes.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                out.push('-');
+            }
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        AuditId(out)
+    }
+
+    /// The ID as text, e.g. for an `Audit-ID` response header.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub(super) fn fallback_bytes() -> [u8; 16] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let low = count ^ (u64::from(std::process::id()) << 32);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&(nanos as u64).to_be_bytes());
+    bytes[8..].copy_from_slice(&low.to_be_bytes());
+    bytes
+}
+
+impl Default for AuditId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for AuditId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for AuditId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// The stage of the request an event describes (the API server's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Stage {
+    /// Response headers sent, body still streaming (watches, long-running requests).
+    ResponseStarted,
+    /// The response is complete.
+    ResponseComplete,
+}
+
+/// A user as the audit log shows it (`authentication.k8s.io/v1` `UserInfo`): a view of
+/// the caller's [`Identity`] or of the [`ForwardIdentity`] it was forwarded as, borrowed
+/// while a record is serialized.
+#[derive(Serialize)]
+pub(super) struct UserInfo<'a> {
+    username: &'a str,
+    /// Omitted when absent or empty.
+    #[serde(skip_serializing_if = "is_none_or_empty")]
+    uid: Option<&'a str>,
+    /// Omitted when empty.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    groups: &'a [String],
+    /// Omitted when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    extra: &'a BTreeMap<String, Vec<String>>,
+}
+
+impl<'a> From<&'a Identity> for UserInfo<'a> {
+    fn from(i: &'a Identity) -> Self {
+        UserInfo {
+            username: &i.user,
+            uid: i.uid.as_deref(),
+            groups: &i.groups,
+            extra: &i.extra,
+        }
+    }
+}
+
+impl<'a> From<&'a ForwardIdentity> for UserInfo<'a> {
+    fn from(f: &'a ForwardIdentity) -> Self {
+        UserInfo {
+            username: &f.user,
+            uid: f.uid.as_deref(),
+            groups: &f.groups,
+            extra: &f.extra,
+        }
+    }
+}
+
+fn is_none_or_empty(value: &Option<&str>) -> bool {
+    value.is_none_or(str::is_empty)
+}
+
+/// The object a resource request addresses; empty strings are omitted like the API
+/// server's `omitempty`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// Resource, e.g. `pods`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    /// Namespace, empty for cluster-scoped resources.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Object name, empty for collections.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// API group, empty for the core group.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_group: String,
+    /// API version, e.g. `v1`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    /// Subresource, e.g. `log` or `exec`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+}
+
+/// One audit record. Serializes (see [`Serialize`]) as an `audit.k8s.io/v1` `Event` at
+/// level `Metadata`. It holds no credential.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// Unique per request; also sent to the client as `Audit-ID`.
+    pub audit_id: AuditId,
+    /// Which stage this record describes.
+    pub stage: Stage,
+    /// Path plus `?` and query, as received.
+    pub request_uri: String,
+    /// Kubernetes verb (`get`, `list`, `watch`, ...) or the lower-case HTTP method for
+    /// non-resource requests.
+    pub verb: String,
+    /// The authenticated user; `None` (field omitted) when authentication failed.
+    pub user: Option<Arc<Identity>>,
+    /// The identity the gateway forwarded upstream; `None` when nothing was forwarded.
+    pub impersonated_user: Option<Arc<ForwardIdentity>>,
+    /// Client addresses, nearest first.
+    pub source_ips: Vec<String>,
+    /// The client's `User-Agent`; omitted when absent or empty.
+    pub user_agent: Option<String>,
+    /// The object addressed, for resource requests.
+    pub object_ref: Option<ObjectRef>,
+    /// HTTP status code of the response.
+    pub response_code: u16,
+    /// When the gateway received the request.
+    pub request_received: SystemTime,
+    /// When this stage was reached.
+    pub stage_time: SystemTime,
+    /// `kubegate.io/...` annotations (decision, rule, latency); omitted when empty.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The wire form of [`Event`], in the API server's field names and order.
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    level: &'static str,
+    #[serde(rename = "auditID")]
+    audit_id: &'a AuditId,
+    stage: Stage,
+    #[serde(rename = "requestURI")]
+    request_uri: &'a str,
+    verb: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<UserInfo<'a>>,
+    #[serde(rename = "impersonatedUser", skip_serializing_if = "Option::is_none")]
+    impersonated_user: Option<UserInfo<'a>>,
+    #[serde(rename = "sourceIPs", skip_serializing_if = "<[String]>::is_empty")]
+    source_ips: &'a [String],
+    #[serde(rename = "userAgent", skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(rename = "objectRef", skip_serializing_if = "Option::is_none")]
+    object_ref: Option<&'a ObjectRef>,
+    #[serde(rename = "responseStatus")]
+    response_status: ResponseStatus,
+    #[serde(rename = "requestReceivedTimestamp")]
+    request_received: Timestamp,
+    #[serde(rename = "stageTimestamp")]
+    stage_time: Timestamp,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct ResponseStatus {
+    metadata: EmptyObject,
+    code: u16,
+}
+
+/// Serializes as `{}`.
+#[derive(Serialize)]
+struct EmptyObject {}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireEvent {
+            kind: "Event",
+            api_version: "audit.k8s.io/v1",
+            level: "Metadata",
+            audit_id: &self.audit_id,
+            stage: self.stage,
+            request_uri: &self.request_uri,
+            verb: &self.verb,
+            user: self.user.as_deref().map(UserInfo::from),
+            impersonated_user: self.impersonated_user.as_deref().map(UserInfo::from),
+            source_ips: &self.source_ips,
+            user_agent: self.user_agent.as_deref().filter(|ua| !ua.is_empty()),
+            object_ref: self.object_ref.as_ref(),
+            response_status: ResponseStatus {
+                metadata: EmptyObject {},
+                code: self.response_code,
+            },
+            request_received: Timestamp(self.request_received),
+            stage_time: Timestamp(self.stage_time),
+            annotations: &self.annotations,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl Event {
+    /// The event as one JSON object followed by `\n`.
+    pub(super) fn to_line(&self) -> serde_json::Result<Vec<u8>> {
+        let mut line = serde_json::to_vec(self)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, `2026-11-28T12:00:00.123456Z`, truncated like the
+/// API server's `MicroTime`.
+pub(super) struct Timestamp(pub(super) SystemTime);
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos: i128 = match self.0.duration_since(UNIX_EPOCH) {
+            Ok(after) => after.as_nanos() as i128,
+            Err(before) => -(before.duration().as_nanos() as i128),
+        };
+        let micros = nanos.div_euclid(1_000);
+        let secs = micros.div_euclid(1_000_000);
+        let frac = micros.rem_euclid(1_000_000);
+        let day_secs = secs.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400) as i64);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+            day_secs / 3_600,
+            day_secs % 3_600 / 60,
+            day_secs % 60,
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// (year, month, day) of the proleptic Gregorian calendar for days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+pub(super) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1, [0, 365]
+    let mp = (5 * doy + 2) / 153; // month from March, [0, 11]
+    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
