@@ -153,14 +153,8 @@ pub async fn prepare_in(
         .collect::<Result<Vec<_>, _>>()?;
     let key_tasks = start_key_loading(&issuers).await;
 
-    let audit = crate::audit::AuditLog::start(crate::audit::AuditConfig {
-        stdout: config.audit.stdout,
-        file: config.audit.file.clone(),
-        max_file_size: config.audit.max_file_size,
-        max_backups: config.audit.max_backups,
-        queue_size: config.audit.queue_size,
-    })
-    .map_err(|e| StartError::Runtime(format!("cannot open the audit log: {e}")))?;
+    let audit = crate::audit::AuditLog::start(config.audit.clone())
+        .map_err(|e| StartError::Runtime(format!("cannot open the audit log: {e}")))?;
 
     let gateway = Gateway {
         authn: Authenticator::new(issuers, &config.auth, key_tasks),

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use kubegate_tests::{
-    GatewayOptions, RawResponse, TestGateway, UPSTREAM_TOKEN, collect, connect_http1, https_client,
-    kubectl, read_response,
+    GatewayOptions, RawResponse, TestGateway, UPSTREAM_TOKEN, collect, connect_http1, eventually,
+    https_client, kubectl, read_response,
 };
 use serde_json::{Value, json};
 use tokio::io::{
@@ -111,15 +111,6 @@ async fn next_line<R: AsyncRead + Unpin>(
         .expect("not at the end")
 }
 
-/// Waits until `condition` holds, for at most 10 s.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Watches and logs
 
@@ -134,7 +125,7 @@ async fn kubectl_get_watch_sees_a_pod_created_after_it_started() {
         &["get", "pods", "-n", "dev", "-w", "-o", "name"],
     );
     let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
-    eventually("kubectl's watch reached the upstream", || {
+    eventually("kubectl's watch reached the upstream", async || {
         gw.sandbox
             .requests()
             .iter()
@@ -317,7 +308,10 @@ async fn kubectl_exec_gets_its_stdin_back_and_the_exit_code() {
         );
         assert_eq!(exec.http_version, "HTTP/1.1");
     }
-    eventually("the sessions are closed", || gw.sandbox.open_tunnels() == 0).await;
+    eventually("the sessions are closed", async || {
+        gw.sandbox.open_tunnels() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -440,7 +434,7 @@ async fn spdy_port_forward_is_spliced_after_the_upstream_switches() {
         .expect("the upstream's close reaches the client")
         .unwrap();
     assert_eq!(rest, b"last words");
-    eventually("the sandbox side is closed", || {
+    eventually("the sandbox side is closed", async || {
         gw.sandbox.open_tunnels() == 0
     })
     .await;
@@ -562,7 +556,7 @@ async fn either_side_going_away_releases_both() {
     conn.read_exact(&mut pong).await.unwrap();
     assert_eq!(gw.sandbox.open_tunnels(), 1);
     drop(conn);
-    eventually("the upstream connection is released", || {
+    eventually("the upstream connection is released", async || {
         gw.sandbox.open_tunnels() == 0
     })
     .await;
@@ -714,7 +708,7 @@ async fn idle_streams_end_after_the_idle_timeout() {
         .await
         .expect("the idle tunnel is closed");
     assert!(started.elapsed() < Duration::from_secs(5));
-    eventually("the upstream side is closed", || {
+    eventually("the upstream side is closed", async || {
         gw.sandbox.open_tunnels() == 0
     })
     .await;
@@ -779,18 +773,10 @@ async fn open_streams(gw: &TestGateway, kind: &str) -> f64 {
 }
 
 async fn eventually_open(gw: &TestGateway, kind: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = open_streams(gw, kind).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "open {kind} streams: {got}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{want} open {kind} streams"), async || {
+        open_streams(gw, kind).await == want
+    })
+    .await;
 }
 
 #[tokio::test]

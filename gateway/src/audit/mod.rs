@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kubegate_config::Audit;
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -81,23 +82,6 @@ fn backoff(attempt: u32) -> Duration {
 // ---------------------------------------------------------------------------------------
 // The writer
 // ---------------------------------------------------------------------------------------
-
-/// Where and how the audit log is written.
-#[derive(Clone, Debug)]
-pub struct AuditConfig {
-    /// Write every record to stdout.
-    pub stdout: bool,
-    /// Write every record to this file (created with mode 0600, appended to).
-    pub file: Option<PathBuf>,
-    /// Rotate the file before a write would take it past this many bytes; 0 disables
-    /// rotation. A single larger record is still written whole.
-    pub max_file_size: u64,
-    /// Rotated files kept (`audit.log.1` newest ... `audit.log.N` oldest); with 0, the
-    /// full file is deleted at rotation.
-    pub max_backups: usize,
-    /// Records queued between `record` and the writer before `record` waits; at least 1.
-    pub queue_size: usize,
-}
 
 /// Handle to the audit writer. Cheap to clone; all clones feed the same writer.
 #[derive(Clone)]
@@ -153,13 +137,13 @@ impl AuditLog {
     ///
     /// Fails when called outside a runtime, when no sink is configured, when
     /// `queue_size` is 0, or when the file cannot be opened.
-    pub fn start(config: AuditConfig) -> io::Result<AuditLog> {
+    pub fn start(config: Audit) -> io::Result<AuditLog> {
         Self::start_gated(config, None)
     }
 
     /// `start` with an optional gate the writer takes one permit from before each batch
     /// (tests stall the writer with it).
-    fn start_gated(config: AuditConfig, gate: Option<Arc<Semaphore>>) -> io::Result<AuditLog> {
+    fn start_gated(config: Audit, gate: Option<Arc<Semaphore>>) -> io::Result<AuditLog> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             io::Error::other(format!(
                 "the audit log must be started inside a tokio runtime: {e}"
@@ -654,8 +638,8 @@ mod tests {
         event
     }
 
-    pub(super) fn config(file: &Path, queue_size: usize) -> AuditConfig {
-        AuditConfig {
+    pub(super) fn config(file: &Path, queue_size: usize) -> Audit {
+        Audit {
             stdout: false,
             file: Some(file.to_path_buf()),
             max_file_size: 0,
@@ -917,7 +901,7 @@ mod tests {
         let path = dir.path().join("audit.log");
         let line_len = numbered(0).to_line().unwrap().len() as u64;
         let max = line_len * 3 + line_len / 2;
-        let log = AuditLog::start(AuditConfig {
+        let log = AuditLog::start(Audit {
             max_file_size: max,
             max_backups: 100,
             ..config(&path, 4)
@@ -962,7 +946,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let line_len = numbered(0).to_line().unwrap().len() as u64;
-        let log = AuditLog::start(AuditConfig {
+        let log = AuditLog::start(Audit {
             max_file_size: line_len * 2,
             max_backups: 2,
             ..config(&path, 1)
@@ -985,7 +969,7 @@ mod tests {
     async fn a_record_larger_than_the_limit_is_written_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::start(AuditConfig {
+        let log = AuditLog::start(Audit {
             max_file_size: 100,
             max_backups: 5,
             ..config(&path, 8)
@@ -1158,7 +1142,7 @@ mod tests {
     async fn start_refuses_a_useless_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let no_sink = AuditConfig {
+        let no_sink = Audit {
             file: None,
             ..config(&path, 4)
         };
