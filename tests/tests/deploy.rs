@@ -587,7 +587,9 @@ rules:
         binding("broad"),
     ))
     .await;
-    // The answers are cached for a minute: ask only once the bindings are in force.
+    // The answers are cached for a minute: ask only once the bindings are in force. (Not
+    // through uids: kubectl cannot name that resource to a v1.20 server, which does not
+    // list it, and always answers no.)
     for (sa, right) in [
         ("missing", &["impersonate", "groups"][..]),
         ("exact", &["impersonate", "users"][..]),

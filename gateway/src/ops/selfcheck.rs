@@ -231,6 +231,56 @@ struct State {
     logged: Option<Outcome>,
 }
 
+impl State {
+    /// The last complete outcome while it is fresh at `now`.
+    fn cached(&self, now: Instant) -> Option<Outcome> {
+        self.last
+            .as_ref()
+            .filter(|(at, _)| now.saturating_duration_since(*at) < RECHECK_AFTER)
+            .map(|(_, found)| found.clone())
+    }
+
+    /// Takes in a new round's outcome, found at `now`, and says what readiness reports: a
+    /// complete outcome is kept; an unknown one is never kept and yields to the last
+    /// complete outcome, stale or not.
+    fn settle(&mut self, now: Instant, fresh: Outcome) -> Outcome {
+        match (fresh, &self.last) {
+            (Outcome::Unknown(e), Some((_, last))) => {
+                // Every probe while the API server is away: the upstream check says so.
+                tracing::debug!(error = %e, "impersonation self-check: cannot ask the API server; keeping the last answers");
+                last.clone()
+            }
+            (unknown @ Outcome::Unknown(_), None) => unknown,
+            (found, _) => {
+                self.last = Some((now, found.clone()));
+                found
+            }
+        }
+    }
+
+    /// Logs a finding when it differs from the last one logged; says whether it did.
+    fn log_once(&mut self, found: &Outcome) -> bool {
+        if self.logged.as_ref() == Some(found) {
+            return false;
+        }
+        let line = check(found);
+        if let Err(e) = &line.result {
+            tracing::error!(check = CHECK_NAME, "impersonation self-check failed: {e}");
+        }
+        if let Some(w) = &line.warning {
+            tracing::warn!(check = CHECK_NAME, "impersonation self-check: {w}");
+        }
+        if line.result.is_ok() && line.warning.is_none() {
+            tracing::info!(
+                check = CHECK_NAME,
+                "impersonation self-check: holds exactly the impersonation it needs"
+            );
+        }
+        self.logged = Some(found.clone());
+        true
+    }
+}
+
 /// The self-check of one gateway: its reviews and their cached outcome.
 pub struct SelfCheck {
     reviews: Vec<Review>,
@@ -262,32 +312,17 @@ impl SelfCheck {
     /// reviews. A round without a usable answer keeps the last complete outcome, if any.
     pub async fn check(&self, upstream: &Upstream) -> Check {
         let mut state = self.state.lock().await;
-        let cached = state
-            .last
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < RECHECK_AFTER)
-            .map(|(_, found)| found.clone());
-        let found = match cached {
+        let found = match state.cached(Instant::now()) {
             Some(found) => found,
             None => {
                 let answers = futures_util::future::join_all(
                     self.reviews.iter().map(|r| Self::ask(upstream, &r.right)),
                 )
                 .await;
-                match (outcome(&self.reviews, &answers), &state.last) {
-                    (Outcome::Unknown(e), Some((_, last))) => {
-                        tracing::warn!(error = %e, "impersonation self-check: cannot ask the API server; keeping the last answers");
-                        last.clone()
-                    }
-                    (unknown @ Outcome::Unknown(_), None) => unknown,
-                    (found, _) => {
-                        state.last = Some((Instant::now(), found.clone()));
-                        found
-                    }
-                }
+                state.settle(Instant::now(), outcome(&self.reviews, &answers))
             }
         };
-        log_once(&mut state, found.clone());
+        state.log_once(&found);
         check(&found)
     }
 
@@ -297,27 +332,6 @@ impl SelfCheck {
             Err(_) => Answer::Failed(format!("no answer within {}s", REVIEW_TIMEOUT.as_secs())),
         }
     }
-}
-
-/// Logs a finding when it differs from the last one logged.
-fn log_once(state: &mut State, found: Outcome) {
-    if state.logged.as_ref() == Some(&found) {
-        return;
-    }
-    let line = check(&found);
-    if let Err(e) = &line.result {
-        tracing::error!(check = CHECK_NAME, "impersonation self-check failed: {e}");
-    }
-    if let Some(w) = &line.warning {
-        tracing::warn!(check = CHECK_NAME, "impersonation self-check: {w}");
-    }
-    if line.result.is_ok() && line.warning.is_none() {
-        tracing::info!(
-            check = CHECK_NAME,
-            "impersonation self-check: holds exactly the impersonation it needs"
-        );
-    }
-    state.logged = Some(found);
 }
 
 /// Posts one review with the gateway's own credential (and no impersonation headers: it
@@ -508,6 +522,57 @@ mod tests {
         assert_eq!(
             check(&found).result,
             Err("not verified: unreachable".into())
+        );
+    }
+
+    #[test]
+    fn complete_answers_are_kept_a_minute_and_no_answer_never_replaces_them() {
+        let t0 = Instant::now();
+        let mut state = State {
+            last: None,
+            logged: None,
+        };
+        let unknown = Outcome::Unknown("unreachable".into());
+        // Nothing known yet: unknown is reported, and not kept.
+        assert_eq!(state.settle(t0, unknown.clone()), unknown);
+        assert_eq!(state.cached(t0), None);
+        let missing = Outcome::Verified {
+            missing: vec![uids()],
+            excess: vec![],
+        };
+        assert_eq!(state.settle(t0, missing.clone()), missing);
+        assert_eq!(
+            state.cached(t0 + Duration::from_secs(59)),
+            Some(missing.clone())
+        );
+        let later = t0 + RECHECK_AFTER;
+        assert_eq!(state.cached(later), None, "asked again after a minute");
+        // The API server cannot be asked: the last answers stand, stale as they are.
+        assert_eq!(state.settle(later, unknown), missing);
+        let fixed = Outcome::Verified {
+            missing: vec![],
+            excess: vec![],
+        };
+        assert_eq!(state.settle(later, fixed.clone()), fixed);
+        assert_eq!(state.cached(later), Some(fixed));
+    }
+
+    #[test]
+    fn each_finding_is_logged_once() {
+        let mut state = State {
+            last: None,
+            logged: None,
+        };
+        let broad = Outcome::Verified {
+            missing: vec![],
+            excess: vec![right("get", "", "secrets")],
+        };
+        assert!(state.log_once(&broad));
+        assert!(!state.log_once(&broad));
+        assert!(state.log_once(&Outcome::NotServed));
+        assert!(
+            state.log_once(&broad),
+            "a finding that comes back is logged again"
         );
     }
 }
