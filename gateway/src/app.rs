@@ -54,6 +54,8 @@ pub struct Prepared {
     /// Reload the policy on SIGHUP too (the file is always watched). Off by default so
     /// an embedding process keeps its signals.
     pub reload_on_sighup: bool,
+    /// The impersonation self-check readiness runs.
+    selfcheck: Arc<crate::ops::selfcheck::SelfCheck>,
     tls: Arc<rustls::ServerConfig>,
     options: ServeOptions,
     listen: SocketAddr,
@@ -170,6 +172,7 @@ pub async fn prepare_in(
         gateway: Arc::new(gateway),
         certs,
         reload_on_sighup: false,
+        selfcheck: Arc::new(crate::ops::selfcheck::SelfCheck::new(config)),
         tls: Arc::new(tls),
         options: ServeOptions {
             handshake_timeout: listen.handshake_timeout,
@@ -298,7 +301,7 @@ impl Prepared {
                             addr: admin,
                             source,
                         })?;
-                let app = crate::ops::admin::router(self.gateway.clone());
+                let app = crate::ops::admin::router(self.gateway.clone(), self.selfcheck.clone());
                 let task = tokio::spawn(async move {
                     if let Err(e) = axum::serve(admin_listener, app).await {
                         tracing::error!(error = %e, "admin listener failed");

@@ -14,6 +14,11 @@ async fn liveness_and_readiness() {
     let (status, body) = gw.admin_get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("[+]upstream ok"), "{body}");
+    // The sandbox does not serve SelfSubjectAccessReview: the self-check is skipped.
+    assert!(
+        body.contains("[+]impersonation-rights ok (warning: skipped: "),
+        "{body}"
+    );
     assert!(
         body.contains("[+]issuer keys https://issuer.kubegate.test ok"),
         "{body}"

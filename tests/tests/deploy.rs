@@ -3,7 +3,8 @@
 //! the one `kubegate rbac` prints for the shipped configuration, and kubegate in
 //! in-cluster mode, with a real service-account token for the rendered ServiceAccount,
 //! impersonates the signed-in person (who gets exactly their RBAC) and keeps working when
-//! the token file is rotated.
+//! the token file is rotated. Its impersonation self-check fails `/readyz` for a role
+//! missing a needed rule and warns of a role holding more.
 //!
 //! No kubelet or controller manager runs (tests/realkube/README.md): the Deployment is
 //! stored but never scheduled, so the test plays the kubelet's part, laying out the
@@ -475,5 +476,164 @@ async fn in_cluster_without_a_token_file_is_a_clear_error_at_start() {
             sa.join("token").display()
         )),
         "{e}"
+    );
+}
+
+/// `kubectl auth can-i <args> --as=system:serviceaccount:<ns>:<sa>` as the admin says yes:
+/// the API server's RBAC cache has taken up a new binding.
+async fn can_i(kube: &RealKube, ns: &str, sa: &str, args: &[&str]) -> bool {
+    let who = format!("--as=system:serviceaccount:{ns}:{sa}");
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    all.push(&who);
+    let (_, stdout, _) = kube.admin_kubectl_result(&all).await;
+    stdout.trim() == "yes"
+}
+
+/// kubegate started in-cluster as ServiceAccount `sa` of namespace `selfcheck` with the
+/// configuration at `config_path`: its `/readyz` (status, body).
+async fn readyz_as(kube: &RealKube, sa: &str, config_path: &Path) -> (StatusCode, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = service_account_token(kube, "selfcheck", sa, &format!("{sa}-token")).await;
+    let env = mount_service_account(&dir.path().join("serviceaccount"), kube, &token);
+    let config = kubegate_config::load(config_path).expect("config");
+    let prepared = kubegate::app::prepare_in(&config, &env)
+        .await
+        .expect("prepares");
+    let router = prepared.router();
+    let running = prepared.start(router).await.expect("starts");
+    let admin = running.admin_addr().expect("admin listener");
+    let plain = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = Request::get(format!("http://{admin}/readyz"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = plain.request(request).await.expect("admin answers");
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("readyz body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_check_fails_readiness_on_a_missing_right_and_warns_of_excess_ones() {
+    let kube = deployed().await;
+    kubegate::app::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::rs256();
+    let pki = TestPki::generate();
+    // A uid claim is mapped: the gateway needs impersonate on uids.
+    let config_path = in_cluster_config(dir.path(), &issuer, &pki, "uid_claim = \"sub\"");
+    let config = kubegate_config::load(&config_path).expect("config");
+    let exact = kubegate::ops::rbac::cluster_role_yaml(&config, "selfcheck-exact");
+    assert!(exact.contains("\"uids\""), "{exact}");
+    let binding = |sa: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+             metadata: {{name: selfcheck-{sa}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: selfcheck-{sa}}}\n\
+             subjects: [{{kind: ServiceAccount, name: {sa}, namespace: selfcheck}}]\n"
+        )
+    };
+    kube.admin_apply(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: selfcheck}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: missing, namespace: selfcheck}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: exact, namespace: selfcheck}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: broad, namespace: selfcheck}}
+---
+# The common mistake: users and groups, no uids.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: selfcheck-missing}}
+rules:
+- apiGroups: [""]
+  resources: ["users", "groups"]
+  verbs: ["impersonate"]
+---
+{exact}---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: selfcheck-broad}}
+rules:
+- apiGroups: [""]
+  resources: ["users", "groups", "serviceaccounts"]
+  verbs: ["impersonate"]
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["uids"]
+  verbs: ["impersonate"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list"]
+---
+{}---
+{}---
+{}"#,
+        binding("missing"),
+        binding("exact"),
+        binding("broad"),
+    ))
+    .await;
+    // The answers are cached for a minute: ask only once the bindings are in force. (Not
+    // through uids: kubectl cannot name that resource to a v1.20 server, which does not
+    // list it, and always answers no.)
+    for (sa, right) in [
+        ("missing", &["impersonate", "groups"][..]),
+        ("exact", &["impersonate", "users"][..]),
+        ("broad", &["list", "secrets"][..]),
+    ] {
+        kubegate_tests::eventually(&format!("{sa}'s binding in force"), async || {
+            can_i(kube, "selfcheck", sa, right).await
+        })
+        .await;
+    }
+
+    let (status, body) = readyz_as(kube, "missing", &config_path).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("[+]upstream ok\n"), "{body}");
+    assert!(
+        body.contains(
+            "[-]impersonation-rights failed: missing impersonate uids (authentication.k8s.io)\n"
+        ),
+        "{body}"
+    );
+
+    let (status, body) = readyz_as(kube, "exact", &config_path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("[+]impersonation-rights ok\n"), "{body}");
+    // The reviews went with the gateway's own credential, impersonating nobody.
+    let reviews = kube
+        .wait_for_audit("the exact account's reviews", |e| {
+            e["requestURI"] == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+                && e["user"]["username"] == "system:serviceaccount:selfcheck:exact"
+                && e["stage"] == "ResponseComplete"
+        })
+        .await;
+    for e in &reviews {
+        assert!(e.get("impersonatedUser").is_none(), "{e}");
+        assert_eq!(e["responseStatus"]["code"], 201, "{e}");
+    }
+
+    let (status, body) = readyz_as(kube, "broad", &config_path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains(
+            "[+]impersonation-rights ok (warning: holds rights no rule needs: get secrets (core), \
+             list secrets (core), impersonate serviceaccounts (core))\n"
+        ),
+        "{body}"
     );
 }
