@@ -22,6 +22,7 @@ mod routes;
 mod select;
 mod server;
 mod spdy;
+mod state;
 mod status;
 mod store;
 mod table;
@@ -134,7 +135,7 @@ impl RecordedRequest {
 pub struct Sandbox {
     addr: SocketAddr,
     ca_pem: String,
-    shared: Arc<server::Shared>,
+    shared: Arc<state::Shared>,
     // Dropping the sender is the stop signal for every task the sandbox spawned.
     stop: tokio::sync::watch::Sender<()>,
     accept_task: tokio::task::JoinHandle<()>,
@@ -168,7 +169,7 @@ impl Sandbox {
             source,
         })?;
         let (stop, stop_rx) = tokio::sync::watch::channel(());
-        let shared = Arc::new(server::Shared::new(
+        let shared = Arc::new(state::Shared::new(
             options.bearer_token,
             addr,
             stop_rx.clone(),

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::status::ApiError;
 use crate::store::{EventType, Resource};
 

@@ -18,7 +18,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
-use crate::server::{Shared, spawn_until_stopped};
+use crate::state::{Shared, spawn_until_stopped};
 use crate::status::ApiError;
 
 /// What a proxied name belongs to.

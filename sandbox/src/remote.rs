@@ -32,8 +32,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::server::{Shared, spawn_until_stopped};
 use crate::spdy;
+use crate::state::{Shared, spawn_until_stopped};
 use crate::status::ApiError;
 use crate::store::Resource;
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::select::Selector;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::status::{self, ApiError, json_response};
 use crate::store::{Event, Resource, merge_patch};
 use crate::table::{self, IncludeObject};
