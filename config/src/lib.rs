@@ -43,6 +43,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     validate::validate(file, text)
 }
 
+/// Validates text holding only an `[upstream]` table, with the same rules (and relative
+/// paths resolved the same way) as in a whole configuration: for tools that need the
+/// upstream before there is a configuration, such as `kubegate dev`'s cluster probe.
+pub fn parse_upstream(file: &Path, text: &str) -> Result<Upstream, ConfigError> {
+    validate::validate_upstream(file, text)
+}
+
 /// A value together with the place in the file it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setting<T> {

@@ -46,6 +46,27 @@ pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// A file holding only an `[upstream]` table, validated exactly as in a full config.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamOnly {
+    upstream: Spanned<RawUpstream>,
+}
+
+pub(crate) fn validate_upstream(file: &Path, text: &str) -> Result<Upstream, ConfigError> {
+    let map = SourceMap::new(file, text);
+    let raw: RawUpstreamOnly = toml::from_str(text).map_err(|e| map.toml_error(&e))?;
+    let v = Validator {
+        map: &map,
+        base: file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+    };
+    v.upstream(raw.upstream)
+}
+
 struct Validator<'a> {
     map: &'a SourceMap<'a>,
     base: PathBuf,
@@ -1011,6 +1032,30 @@ audiences = ["other"]
             error_of(&both).field.as_deref(),
             Some("upstream.in_cluster")
         );
+    }
+
+    #[test]
+    fn an_upstream_table_alone_validates_like_a_whole_file() {
+        let d = Dir::new();
+        std::fs::write(
+            d.0.path().join("kubeconfig"),
+            "apiVersion: v1\nkind: Config\n",
+        )
+        .unwrap();
+        let file = d.0.path().join("upstream.toml");
+        let upstream = crate::parse_upstream(
+            &file,
+            "[upstream]\nkubeconfig = \"kubeconfig\"\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(upstream.timeout, Duration::from_secs(2));
+        assert!(matches!(
+            upstream.source,
+            UpstreamSource::Kubeconfig { ref path, .. } if path.value == d.0.path().join("kubeconfig")
+        ));
+        let e = crate::parse_upstream(&file, "[upstream]\nkubeconfig = \"missing\"\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("upstream.kubeconfig"), "{e}");
+        assert!(crate::parse_upstream(&file, "[upstream]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -311,43 +311,27 @@ fn default_kubeconfig() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// Whether the kubeconfig's current cluster answers `/version` within two seconds.
+/// Whether the kubeconfig's current cluster answers `/version` within two seconds: the
+/// upstream is read by the same loader and probed by the same probe as in `serve`.
 async fn cluster_answers(kubeconfig: &Path) -> bool {
-    let config = kubegate_config::Upstream {
-        source: kubegate_config::UpstreamSource::Kubeconfig {
-            path: kubegate_config::Setting {
-                value: kubeconfig.to_path_buf(),
-                location: kubegate_config::Location {
-                    file: kubeconfig.to_path_buf(),
-                    line: 1,
-                    column: 1,
-                    field: "kubeconfig".into(),
-                },
-            },
-            context: None,
-        },
-        timeout: Duration::from_secs(2),
-        location: kubegate_config::Location {
-            file: kubeconfig.to_path_buf(),
-            line: 1,
-            column: 1,
-            field: "upstream".into(),
-        },
+    let Some(dir) = kubeconfig.parent() else {
+        return false;
+    };
+    let text = format!(
+        "[upstream]\nkubeconfig = {}\ntimeout = \"2s\"\n",
+        toml_string(&kubeconfig.to_string_lossy())
+    );
+    let Ok(config) = kubegate_config::parse_upstream(&dir.join("kubegate-dev-probe.toml"), &text)
+    else {
+        return false;
     };
     let Ok(upstream) = Upstream::load(&config).await else {
         return false;
     };
-    let Ok(uri) = upstream.uri_for("/version") else {
-        return false;
-    };
-    let mut request = http::Request::get(uri).body(axum::body::Body::empty());
-    if let (Ok(req), Ok(Some(auth))) = (&mut request, upstream.authorization().await) {
-        req.headers_mut().insert(http::header::AUTHORIZATION, auth);
-    }
-    match request {
-        Ok(req) => matches!(upstream.send(req).await, Ok(r) if r.status().is_success()),
-        Err(_) => false,
-    }
+    upstream
+        .probe("/version", Duration::from_secs(2))
+        .await
+        .is_ok()
 }
 
 struct DevPki {
