@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::authn::keys::start_key_loading;
 use crate::authn::{Authenticator, IssuerVerifier, KeySet};
 use crate::listener::tls::{CertStore, load_certified_key, server_config};
-use crate::listener::{GRACE_PERIOD, ServeOptions, default_connection_threads, serve};
+use crate::listener::{ServeOptions, default_connection_threads, serve};
 use crate::ops::reload::{CertReloader, PolicyReloader};
 use crate::pipeline::authz::{PolicyStore, load_policy};
 use crate::pipeline::{Gateway, router};
@@ -175,13 +175,8 @@ pub async fn prepare_in(
         selfcheck: Arc::new(crate::ops::selfcheck::SelfCheck::new(config)),
         tls: Arc::new(tls),
         options: ServeOptions {
-            handshake_timeout: listen.handshake_timeout,
-            header_read_timeout: listen.header_read_timeout,
-            idle_timeout: listen.idle_timeout,
-            grace_period: GRACE_PERIOD,
-            max_connections: config.limits.max_connections as usize,
-            max_connections_per_address: config.limits.max_connections_per_address as usize,
-            ipv6_prefix_length: config.limits.ipv6_prefix_length,
+            listen: listen.clone(),
+            limits: config.limits.clone(),
             connection_threads: default_connection_threads(),
         },
         listen: listen.addr,

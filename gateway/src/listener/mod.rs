@@ -56,28 +56,14 @@ pub struct ConnInfo {
 /// Connection-level settings (their defaults live in kubegate-config).
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Deadline for the TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Deadline, from the accept, for the first request's headers; then for each later
-    /// HTTP/1.1 request's headers.
-    pub header_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
-    pub idle_timeout: Duration,
-    /// How long open connections may take to finish after shutdown begins.
-    pub grace_period: Duration,
-    /// Open client connections at most; past it the gateway stops accepting (new
-    /// clients wait in the kernel's backlog) until one closes.
-    pub max_connections: usize,
-    /// Open client connections from one address at most; past it a new connection from
-    /// that address is closed at once.
-    pub max_connections_per_address: usize,
-    /// The prefix an IPv6 client address is counted by (see [`address_key`]).
-    pub ipv6_prefix_length: u8,
+    /// The `[listen]` settings: deadlines for each connection phase.
+    pub listen: kubegate_config::Listen,
+    /// The `[limits]` settings: the connection caps and the IPv6 prefix.
+    pub limits: kubegate_config::Limits,
     /// Connection threads; 0 serves connections on the calling runtime instead (tests
     /// that pause its clock need that).
     pub connection_threads: usize,
 }
-
 /// How long open connections may take to finish once shutdown begins.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -398,7 +384,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        .header_read_timeout(options.listen.header_read_timeout)
         .keep_alive(true);
     builder
         .http2()
@@ -410,19 +396,21 @@ pub async fn serve(
         acceptor: TlsAcceptor::from(tls),
         app,
         builder,
-        handshake_timeout: options.handshake_timeout,
-        header_read_timeout: options.header_read_timeout,
-        idle_timeout: options.idle_timeout,
+        handshake_timeout: options.listen.handshake_timeout,
+        header_read_timeout: options.listen.header_read_timeout,
+        idle_timeout: options.listen.idle_timeout,
     });
     let mut threads = (0..options.connection_threads)
         .map(|i| ConnectionThread::start(i, connections.clone()))
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut next = 0;
 
-    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        options.limits.max_connections as usize,
+    ));
     let per_address = Arc::new(PerAddress {
-        max: options.max_connections_per_address,
-        ipv6_prefix_length: options.ipv6_prefix_length,
+        max: options.limits.max_connections_per_address as usize,
+        ipv6_prefix_length: options.limits.ipv6_prefix_length,
         open: Mutex::new(HashMap::new()),
     });
     let mut refusals = Refusals::default();
@@ -486,11 +474,11 @@ pub async fn serve(
     drop(listener);
     info!("no longer accepting connections; waiting for open ones to finish");
     let _ = stop.send(());
-    if tokio::time::timeout(options.grace_period, stop.closed())
+    if tokio::time::timeout(GRACE_PERIOD, stop.closed())
         .await
         .is_err()
     {
-        warn!(grace_period = ?options.grace_period, "connections still open after the grace period");
+        warn!(grace_period = ?GRACE_PERIOD, "connections still open after the grace period");
     }
     for t in threads.drain(..) {
         let ConnectionThread {
