@@ -17,7 +17,7 @@ use crate::authn::keys::start_key_loading;
 use crate::authn::{Authenticator, IssuerVerifier, KeySet};
 use crate::listener::tls::{CertStore, load_certified_key, server_config};
 use crate::listener::{ServeOptions, default_connection_threads, serve};
-use crate::ops::reload::{CertReloader, PolicyReloader};
+use crate::ops::reload::{AuthConfigReloader, CertReloader, PolicyReloader};
 use crate::pipeline::authz::{PolicyStore, load_policy};
 use crate::pipeline::{Gateway, router};
 use crate::upstream::Upstream;
@@ -61,6 +61,8 @@ pub struct Prepared {
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     tls_files: (std::path::PathBuf, std::path::PathBuf),
+    /// The configuration file and its `authentication_config`, watched for reloads.
+    auth_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Validates everything the configuration points at without starting anything:
@@ -182,6 +184,11 @@ pub async fn prepare_in(
         listen: listen.addr,
         admin: config.admin.as_ref().map(|a| a.addr),
         tls_files: (listen.tls_cert.value.clone(), listen.tls_key.value.clone()),
+        auth_files: config
+            .auth
+            .authentication_config
+            .as_ref()
+            .map(|f| (config.file.clone(), f.value.clone())),
     })
 }
 
@@ -193,6 +200,7 @@ pub struct Running {
     gateway: Arc<Gateway>,
     _reloader: PolicyReloader,
     _cert_reloader: CertReloader,
+    _auth_reloader: Option<AuthConfigReloader>,
     pruner: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -313,6 +321,23 @@ impl Prepared {
             self.reload_on_sighup,
         )
         .map_err(|e| StartError::Runtime(format!("cannot watch the TLS certificate files: {e}")))?;
+        let auth_reloader = match &self.auth_files {
+            None => None,
+            Some((config, file)) => Some(
+                AuthConfigReloader::start(
+                    self.gateway.clone(),
+                    config.clone(),
+                    file.clone(),
+                    self.reload_on_sighup,
+                )
+                .map_err(|e| {
+                    StartError::Runtime(format!(
+                        "cannot watch the authentication configuration {}: {e}",
+                        file.display()
+                    ))
+                })?,
+            ),
+        };
         let pruner = {
             let gateway = self.gateway.clone();
             tokio::spawn(async move {
@@ -334,6 +359,7 @@ impl Prepared {
             gateway: self.gateway,
             _reloader: reloader,
             _cert_reloader: cert_reloader,
+            _auth_reloader: auth_reloader,
             pruner,
             shutdown: Some(tx),
             task,

@@ -477,3 +477,106 @@ fn rbac_on_an_invalid_configuration_exits_with_the_located_error() {
         "{stderr}"
     );
 }
+
+/// Serves `jwks` by OpenID discovery for the issuer `http://127.0.0.1:<port>` on a
+/// thread of its own; returns the issuer and the runtime keeping it alive.
+fn discovery_issuer(
+    signer_for: impl FnOnce(&str) -> kubegate::dev::DevSigner,
+) -> (String, kubegate::dev::DevSigner, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let signer = signer_for(&issuer);
+    let discovery = serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+    let jwks = signer.jwks();
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || async move { axum::Json(discovery) }),
+        )
+        .route(
+            "/jwks",
+            axum::routing::get(move || async move { axum::Json(jwks) }),
+        );
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (issuer, signer, rt)
+}
+
+#[test]
+fn auth_explain_prints_the_issuer_each_rule_and_the_mapped_user() {
+    let (issuer, signer, _rt) =
+        discovery_issuer(|issuer| kubegate::dev::DevSigner::generate(issuer.to_string()).unwrap());
+    let dir = valid_dir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("auth.yaml"),
+        format!(
+            r#"apiVersion: apiserver.config.k8s.io/v1
+kind: AuthenticationConfiguration
+jwt:
+- issuer:
+    url: {issuer}
+    audiences: [kubegate]
+  claimValidationRules:
+  - expression: 'claims.tier != "blocked"'
+    message: the blocked tier may not use the cluster
+  - claim: hd
+    requiredValue: example.com
+  claimMappings:
+    username:
+      expression: 'claims.sub + "@" + claims.tenant'
+    groups:
+      expression: 'claims.groups.filter(g, g.startsWith("devs"))'
+    extra:
+    - key: example.com/unit
+      valueExpression: 'claims.org.unit'
+  userValidationRules:
+  - expression: '!user.username.startsWith("system:")'
+"#
+        ),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(d.join("kubegate.toml")).unwrap().replace(
+        "[auth]\n",
+        "[auth]\nauthentication_config = \"auth.yaml\"\nauthentication_config_insecure_http = true\n",
+    );
+    std::fs::write(d.join("kubegate.toml"), config).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = signer
+        .sign(&serde_json::json!({
+            "iss": issuer, "aud": "kubegate", "sub": "alice", "tenant": "acme", "hd": "example.com",
+            "tier": "gold", "groups": ["devs", "devs-oncall", "marketing"],
+            "org": {"unit": "payments"}, "iat": now, "exp": now + 600,
+        }))
+        .unwrap();
+    std::fs::write(d.join("token"), &token).unwrap();
+    let out = kubegate()
+        .args(["auth", "explain", "--config"])
+        .arg(d.join("kubegate.toml"))
+        .arg(d.join("token"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = [
+        format!("issuer:   {issuer}"),
+        "rule:     pass jwt[0].claimValidationRules[0].expression: claims.tier != \"blocked\"".into(),
+        "rule:     pass jwt[0].claimValidationRules[1].claim: hd == \"example.com\"".into(),
+        "rule:     pass jwt[0].userValidationRules[0].expression: !user.username.startsWith(\"system:\")".into(),
+        "username: alice@acme".into(),
+        "uid:      (none)".into(),
+        "groups:   [\"devs\", \"devs-oncall\"]".into(),
+        "extra:    example.com/unit = [\"payments\"]".into(),
+    ];
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "{stdout}");
+    assert!(!stdout.contains(&token), "the token is never printed");
+}

@@ -25,6 +25,13 @@ console.info = console.error;
 const HOST = '127.0.0.1';
 const CLIENT_ID = 'kubegate-test';
 const CLIENT_SECRET = 'kubegate-test-secret';
+// Clients whose tokens carry the claims the AuthenticationConfiguration (CEL) test maps:
+// a tenant, prefixed and unrelated groups, a nested claim, and a tier its validation
+// rule refuses for the second client.
+const CEL_CLAIMS = {
+  'kubegate-cel': 'gold',
+  'kubegate-cel-blocked': 'blocked',
+};
 const RESOURCE = 'urn:kubegate';
 const AUDIENCE = 'kubegate';
 const TOKEN_TTL = 10 * 60; // seconds
@@ -46,16 +53,14 @@ function newSigningKey() {
 
 function buildProvider(issuer, signingJwk) {
   const provider = new Provider(issuer, {
-    clients: [
-      {
-        client_id: CLIENT_ID,
-        client_secret: CLIENT_SECRET,
-        grant_types: ['client_credentials'],
-        response_types: [],
-        redirect_uris: [],
-        token_endpoint_auth_method: 'client_secret_post',
-      },
-    ],
+    clients: [CLIENT_ID, ...Object.keys(CEL_CLAIMS)].map((client_id) => ({
+      client_id,
+      client_secret: CLIENT_SECRET,
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_post',
+    })),
     jwks: { keys: [signingJwk] },
     features: {
       devInteractions: { enabled: false },
@@ -83,7 +88,16 @@ function buildProvider(issuer, signingJwk) {
     },
     // `sub` of a client_credentials JWT is the client id (oidc-provider sets it
     // after the extra claims, so it cannot be overridden here).
-    extraTokenClaims: async () => ({ groups: ['devs'] }),
+    extraTokenClaims: async (_ctx, token) => {
+      const tier = CEL_CLAIMS[token.clientId];
+      if (tier === undefined) return { groups: ['devs'] };
+      return {
+        tenant: 'acme',
+        groups: ['devs', 'devs-oncall', 'marketing', 'system:masters'],
+        org: { unit: 'payments', site: 'fra' },
+        tier,
+      };
+    },
     ttl: {
       AccessToken: TOKEN_TTL,
       ClientCredentials: TOKEN_TTL,

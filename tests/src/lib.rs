@@ -21,6 +21,8 @@ use kubegate_sandbox::{Sandbox, SandboxOptions};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use serde_json::{Value, json};
 
+pub mod oidc_provider;
+
 /// The issuer URL of the test identity provider.
 pub const ISSUER: &str = "https://issuer.kubegate.test";
 /// The audience the gateway is configured to accept.
@@ -206,6 +208,9 @@ pub struct GatewayOptions {
     pub es256: bool,
     /// Replaces the `[[auth.oidc]]` table (for tests against another issuer).
     pub oidc_toml: Option<String>,
+    /// Files written into the gateway's directory before its configuration is loaded:
+    /// (name, contents), for files the configuration names (an authentication config).
+    pub files: Vec<(String, String)>,
     /// A PEM CA bundle for client certificates (`[listen] client_ca`).
     pub client_ca_pem: Option<String>,
     /// A `[limits]` table body, e.g. `stream_idle_timeout = "1s"`.
@@ -227,6 +232,7 @@ impl Default for GatewayOptions {
             upstream_override: None,
             es256: false,
             oidc_toml: None,
+            files: Vec::new(),
             client_ca_pem: None,
             limits_toml: None,
             listen_toml: None,
@@ -298,6 +304,9 @@ impl TestGateway {
         write(d, "tls.key", &pki.key_pem);
         write(d, "jwks.json", &issuer.jwks());
         write(d, "policy.toml", &options.policy);
+        for (name, contents) in &options.files {
+            write(d, name, contents);
+        }
         let kubeconfig = d.join("upstream.kubeconfig");
         sandbox.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         if let Some(url) = &options.upstream_override {

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm as JwtAlg, Validation};
-use kubegate_config::{KeySource, OidcIssuer};
+use kubegate_config::{ClaimRules, KeySource, OidcIssuer};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -28,6 +28,9 @@ const RESERVED_PREFIX: &str = "system:";
 /// Verifies the tokens of one issuer, and owns that issuer's keys.
 pub struct IssuerVerifier {
     config: OidcIssuer,
+    /// What a reload of the `AuthenticationConfiguration` file may change; read through
+    /// this, never through `config`.
+    live: ArcSwap<Live>,
     allowed: Vec<JwtAlg>,
     keys: ArcSwapOption<KeySet>,
     /// Bumped on every key-set change, so cached verdicts made with older keys expire.
@@ -41,6 +44,14 @@ pub struct IssuerVerifier {
     /// Kids that the last fetch (at the recorded time) did not have: asked again within
     /// the cooldown, they are refused without taking the refresh lock.
     unknown_kids: std::sync::Mutex<(Option<Instant>, HashSet<String>)>,
+}
+
+/// The audiences and claim rules of an issuer as the last good reload of its file left
+/// them; `retired` once the file no longer names it.
+struct Live {
+    audiences: Vec<String>,
+    claim_rules: Option<Arc<ClaimRules>>,
+    retired: bool,
 }
 
 /// Unknown kids remembered at most; past this the set restarts (the cooldown still bounds
@@ -70,8 +81,14 @@ impl IssuerVerifier {
     pub fn new(config: OidcIssuer) -> std::io::Result<Self> {
         let allowed = config.algorithms.iter().map(|a| jwt_alg(*a)).collect();
         let fetcher = KeyFetcher::for_issuer(&config)?;
+        let live = ArcSwap::from_pointee(Live {
+            audiences: config.audiences.clone(),
+            claim_rules: config.claim_rules.clone(),
+            retired: false,
+        });
         Ok(IssuerVerifier {
             config,
+            live,
             allowed,
             keys: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
@@ -95,6 +112,40 @@ impl IssuerVerifier {
     /// Where this issuer's keys come from.
     pub fn key_source(&self) -> &KeySource {
         &self.config.keys
+    }
+
+    /// Installs the audiences and claim rules of `reloaded` (the same issuer, from a
+    /// reloaded `AuthenticationConfiguration` file), reinstating a retired issuer.
+    /// Cached verdicts made under the old rules end here.
+    pub fn replace_rules(&self, reloaded: &OidcIssuer) {
+        self.live.store(Arc::new(Live {
+            audiences: reloaded.audiences.clone(),
+            claim_rules: reloaded.claim_rules.clone(),
+            retired: false,
+        }));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Stops accepting this issuer's tokens (its file no longer names it); they are
+    /// refused as from an untrusted issuer, cached verdicts included.
+    pub fn retire(&self) {
+        let live = self.live.load();
+        self.live.store(Arc::new(Live {
+            audiences: live.audiences.clone(),
+            claim_rules: live.claim_rules.clone(),
+            retired: true,
+        }));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether a reload retired this issuer.
+    pub fn is_retired(&self) -> bool {
+        self.live.load().retired
+    }
+
+    /// The claim rules in force (an `AuthenticationConfiguration` issuer's).
+    pub fn claim_rules(&self) -> Option<Arc<ClaimRules>> {
+        self.live.load().claim_rules.clone()
     }
 
     /// Installs a new key set; requests already verifying keep the one they loaded.
@@ -180,6 +231,11 @@ impl IssuerVerifier {
 
     /// Verifies a token and maps its claims to an identity.
     pub async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        // One snapshot of the rules for the whole verification.
+        let live = self.live.load_full();
+        if live.retired {
+            return Err(AuthError::UnknownIssuer);
+        }
         let header = peek_header(token)?;
         let alg = self.allowed_alg(&header.alg)?;
         let mut keys = self.keys.load_full();
@@ -189,7 +245,7 @@ impl IssuerVerifier {
             keys = self.keys_for_unknown_kid(kid).await.or(keys);
         }
         let keys = keys.ok_or(AuthError::KeysUnavailable)?;
-        let validation = self.validation(alg);
+        let validation = self.validation(alg, &live.audiences);
 
         let mut last = AuthError::Signature;
         for key in keys.candidates(header.kid.as_deref(), alg) {
@@ -201,7 +257,7 @@ impl IssuerVerifier {
                         .and_then(Value::as_f64)
                         .map_or(0, |e| e.max(0.0) as u64);
                     return Ok(Verified {
-                        identity: self.identity(data.claims)?,
+                        identity: self.identity(data.claims, live.claim_rules.as_deref())?,
                         expires_at,
                     });
                 }
@@ -229,19 +285,23 @@ impl IssuerVerifier {
         }
     }
 
-    fn validation(&self, alg: JwtAlg) -> Validation {
+    fn validation(&self, alg: JwtAlg, audiences: &[String]) -> Validation {
         let mut v = Validation::new(alg);
         v.algorithms = vec![alg];
         v.leeway = self.config.leeway.as_secs();
         v.validate_exp = true;
         v.validate_nbf = true;
         v.set_issuer(&[&self.config.issuer]);
-        v.set_audience(&self.config.audiences);
+        v.set_audience(audiences);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v
     }
 
-    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, AuthError> {
+    fn identity(
+        &self,
+        claims: Map<String, Value>,
+        claim_rules: Option<&ClaimRules>,
+    ) -> Result<Identity, AuthError> {
         let config = &self.config;
         let iat = match claims.get("iat") {
             None => None,
@@ -272,7 +332,7 @@ impl IssuerVerifier {
         }
         // AuthenticationConfiguration issuers: the file's CEL claim rules decide
         // (gateway/src/authn/mapping.rs).
-        if let Some(rules) = &config.claim_rules {
+        if let Some(rules) = claim_rules {
             let user = super::mapping::evaluate(rules, &claims).result?;
             return Ok(Identity {
                 user: user.username,
@@ -511,6 +571,12 @@ mod tests {
         IssuerVerifier::new(config).unwrap()
     }
 
+    impl IssuerVerifier {
+        fn identity_of(&self, claims: Map<String, Value>) -> Result<Identity, AuthError> {
+            self.identity(claims, None)
+        }
+    }
+
     fn claims(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
@@ -526,7 +592,7 @@ mod tests {
             c.extra.insert("example.com/team".into(), "team".into());
         });
         let id = v
-            .identity(claims(serde_json::json!({
+            .identity_of(claims(serde_json::json!({
                 "preferred_username": "system:alice",
                 "realm_access": {"roles": ["system:masters", "devs"]},
                 "sid": "u-1", "team": ["a", "b"],
@@ -545,7 +611,7 @@ mod tests {
     fn claims_with_dots_in_their_name_are_read_first() {
         let v = issuer(|c| c.groups_claim = Some("https://example.com/groups".into()));
         let id = v
-            .identity(claims(serde_json::json!({
+            .identity_of(claims(serde_json::json!({
                 "sub": "alice", "https://example.com/groups": ["devs"],
             })))
             .unwrap();
@@ -555,9 +621,9 @@ mod tests {
     #[test]
     fn reserved_names_without_a_prefix_are_refused() {
         let v = issuer(|_| {});
-        let user = v.identity(claims(serde_json::json!({"sub": "system:admin"})));
+        let user = v.identity_of(claims(serde_json::json!({"sub": "system:admin"})));
         assert!(matches!(user, Err(AuthError::Claims(_))));
-        let group = v.identity(claims(
+        let group = v.identity_of(claims(
             serde_json::json!({"sub": "a", "groups": ["system:masters"]}),
         ));
         assert!(matches!(group, Err(AuthError::Claims(_))));
@@ -569,36 +635,39 @@ mod tests {
             c.required_claims.insert("hd".into(), "example.com".into());
         });
         assert!(
-            v.identity(claims(serde_json::json!({"sub": "a", "hd": "example.com"})))
+            v.identity_of(claims(serde_json::json!({"sub": "a", "hd": "example.com"})))
                 .is_ok()
         );
         assert!(
-            v.identity(claims(serde_json::json!({"sub": "a", "hd": "evil.com"})))
+            v.identity_of(claims(serde_json::json!({"sub": "a", "hd": "evil.com"})))
                 .is_err()
         );
-        assert!(v.identity(claims(serde_json::json!({"sub": "a"}))).is_err());
+        assert!(
+            v.identity_of(claims(serde_json::json!({"sub": "a"})))
+                .is_err()
+        );
 
         let v = issuer(|c| c.max_token_lifetime = Some(std::time::Duration::from_secs(3600)));
         let now = now_secs();
         assert!(
-            v.identity(claims(
+            v.identity_of(claims(
                 serde_json::json!({"sub": "a", "iat": now, "exp": now + 600.0})
             ))
             .is_ok()
         );
         assert!(
-            v.identity(claims(
+            v.identity_of(claims(
                 serde_json::json!({"sub": "a", "iat": now, "exp": now + 7200.0})
             ))
             .is_err()
         );
         assert!(
-            v.identity(claims(serde_json::json!({"sub": "a", "exp": now + 600.0})))
+            v.identity_of(claims(serde_json::json!({"sub": "a", "exp": now + 600.0})))
                 .is_err(),
             "iat required"
         );
         assert_eq!(
-            v.identity(claims(
+            v.identity_of(claims(
                 serde_json::json!({"sub": "a", "iat": now + 3600.0, "exp": now + 4000.0})
             )),
             Err(AuthError::IssuedInFuture)
@@ -609,7 +678,7 @@ mod tests {
         for (iat, exp) in [(-1e308, 1e308), (0.0, f64::MAX), (-f64::MAX, now + 600.0)] {
             assert!(
                 matches!(
-                    v.identity(claims(
+                    v.identity_of(claims(
                         serde_json::json!({"sub": "a", "iat": iat, "exp": exp})
                     )),
                     Err(AuthError::Claims(_))
@@ -618,7 +687,7 @@ mod tests {
             );
         }
         assert_eq!(
-            v.identity(claims(serde_json::json!({
+            v.identity_of(claims(serde_json::json!({
                 "sub": "a", "iat": 18446744073709551615u64, "exp": 18446744073709551615u64
             }))),
             Err(AuthError::IssuedInFuture)
@@ -626,19 +695,19 @@ mod tests {
 
         let v = issuer(|c| c.username_claim = "email".into());
         assert!(
-            v.identity(claims(
+            v.identity_of(claims(
                 serde_json::json!({"email": "a@x", "email_verified": true})
             ))
             .is_ok()
         );
         assert!(
-            v.identity(claims(
+            v.identity_of(claims(
                 serde_json::json!({"email": "a@x", "email_verified": false})
             ))
             .is_err()
         );
         assert!(
-            v.identity(claims(serde_json::json!({"email": "a@x"})))
+            v.identity_of(claims(serde_json::json!({"email": "a@x"})))
                 .is_ok()
         );
     }
@@ -647,15 +716,16 @@ mod tests {
     fn mapped_claims_of_the_wrong_type_are_refused() {
         let v = issuer(|c| c.uid_claim = Some("sid".into()));
         assert!(
-            v.identity(claims(serde_json::json!({"sub": "a", "sid": 5})))
+            v.identity_of(claims(serde_json::json!({"sub": "a", "sid": 5})))
                 .is_err()
         );
         assert!(
-            v.identity(claims(serde_json::json!({"sub": "a"}))).is_err(),
+            v.identity_of(claims(serde_json::json!({"sub": "a"})))
+                .is_err(),
             "uid missing"
         );
         assert!(
-            v.identity(claims(serde_json::json!({"sub": 7, "sid": "x"})))
+            v.identity_of(claims(serde_json::json!({"sub": 7, "sid": "x"})))
                 .is_err()
         );
     }

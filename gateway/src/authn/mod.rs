@@ -18,6 +18,7 @@ pub(crate) mod websocket;
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -119,10 +120,43 @@ impl AuthError {
     }
 }
 
+/// Why a reloaded `AuthenticationConfiguration` file was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesReloadError {
+    /// The file does not load (a located configuration error).
+    #[error(transparent)]
+    Config(#[from] kubegate_config::ConfigError),
+    /// The file names an issuer the gateway did not start with: its keys are loaded at
+    /// start-up only.
+    #[error(
+        "{location}: issuer {issuer:?} is new; adding an issuer takes a restart (the file was not applied)"
+    )]
+    NewIssuer {
+        /// The issuer URL.
+        issuer: String,
+        /// Its `jwt[i]` entry.
+        location: kubegate_config::Location,
+    },
+    /// An issuer's discovery URL or certificate authority changed: where its keys come
+    /// from is fixed at start-up.
+    #[error(
+        "{location}: the discoveryURL or certificateAuthority of issuer {issuer:?} changed; that takes a restart (the file was not applied)"
+    )]
+    KeySourceChanged {
+        /// The issuer URL.
+        issuer: String,
+        /// Its `jwt[i]` entry.
+        location: kubegate_config::Location,
+    },
+}
+
 /// Verifies bearer tokens against the configured issuers.
 pub struct Authenticator {
     issuers: Vec<Arc<IssuerVerifier>>,
     cache: cache::TokenCache,
+    /// `AuthenticationConfiguration` reloads applied and refused.
+    rules_reloads: AtomicU64,
+    rules_reload_failures: AtomicU64,
     /// Background key refreshes; stopped with the authenticator.
     key_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -145,8 +179,81 @@ impl Authenticator {
         Authenticator {
             issuers,
             cache: cache::TokenCache::new(auth.token_cache_ttl, auth.token_cache_size),
+            rules_reloads: AtomicU64::new(0),
+            rules_reload_failures: AtomicU64::new(0),
             key_tasks,
         }
+    }
+
+    /// Applies a reloaded `AuthenticationConfiguration` file: `reloaded` is the whole
+    /// validated configuration's issuers (those of the file carry claim rules). Each
+    /// issuer of the file takes its new audiences and claim rules; an issuer the file no
+    /// longer names is retired. Nothing changes unless the whole file applies: a new
+    /// issuer or a changed key source is refused.
+    pub fn reload_rules(
+        &self,
+        reloaded: Result<Vec<kubegate_config::OidcIssuer>, kubegate_config::ConfigError>,
+    ) -> Result<(), RulesReloadError> {
+        let result = self.apply_rules(reloaded);
+        let counter = match result {
+            Ok(()) => &self.rules_reloads,
+            Err(_) => &self.rules_reload_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    fn apply_rules(
+        &self,
+        reloaded: Result<Vec<kubegate_config::OidcIssuer>, kubegate_config::ConfigError>,
+    ) -> Result<(), RulesReloadError> {
+        let from_file: Vec<_> = reloaded?
+            .into_iter()
+            .filter(|i| i.claim_rules.is_some())
+            .collect();
+        let running: Vec<_> = self
+            .issuers
+            .iter()
+            .filter(|v| v.config().claim_rules.is_some())
+            .collect();
+        let mut matched = Vec::with_capacity(from_file.len());
+        for new in &from_file {
+            let Some(verifier) = running.iter().find(|v| v.issuer() == new.issuer) else {
+                return Err(RulesReloadError::NewIssuer {
+                    issuer: new.issuer.clone(),
+                    location: new.location.clone(),
+                });
+            };
+            let old = verifier.config();
+            if old.keys != new.keys
+                || old.certificate_authority_pem != new.certificate_authority_pem
+            {
+                return Err(RulesReloadError::KeySourceChanged {
+                    issuer: new.issuer.clone(),
+                    location: new.location.clone(),
+                });
+            }
+            matched.push((verifier, new));
+        }
+        for (verifier, new) in matched {
+            verifier.replace_rules(new);
+        }
+        for verifier in running {
+            if !from_file.iter().any(|n| n.issuer == verifier.issuer()) {
+                verifier.retire();
+            }
+        }
+        Ok(())
+    }
+
+    /// `AuthenticationConfiguration` reloads applied since start.
+    pub fn rules_reloads(&self) -> u64 {
+        self.rules_reloads.load(Ordering::Relaxed)
+    }
+
+    /// `AuthenticationConfiguration` reloads refused since start.
+    pub fn rules_reload_failures(&self) -> u64 {
+        self.rules_reload_failures.load(Ordering::Relaxed)
     }
 
     /// The issuers, for key refresh and readiness.

@@ -28,6 +28,8 @@ pub const JWKS_FETCHES: &str = "kubegate_jwks_fetches_total";
 pub const POLICY_RELOADS: &str = "kubegate_policy_reloads_total";
 /// TLS certificate reloads, by `result` (`ok`, `error`).
 pub const CERT_RELOADS: &str = "kubegate_certificate_reloads_total";
+/// `AuthenticationConfiguration` file reloads, by `result` (`ok`, `error`).
+pub const AUTHN_CONFIG_RELOADS: &str = "kubegate_authentication_config_reloads_total";
 /// Requests refused by a rate or concurrency limit, by `limit`.
 pub const RATE_LIMITED: &str = "kubegate_rate_limited_total";
 /// Connections closed as soon as they were accepted, by `reason` (`address`: the
@@ -101,6 +103,10 @@ fn describe() {
     describe_counter!(POLICY_RELOADS, "Policy reloads, by result.");
     describe_counter!(CERT_RELOADS, "TLS certificate reloads, by result.");
     describe_counter!(
+        AUTHN_CONFIG_RELOADS,
+        "AuthenticationConfiguration file reloads, by result."
+    );
+    describe_counter!(
         RATE_LIMITED,
         "Requests refused by a rate or concurrency limit."
     );
@@ -155,6 +161,11 @@ pub fn policy_reload(ok: bool) {
 /// Records a certificate reload.
 pub fn certificate_reload(ok: bool) {
     counter!(CERT_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Records a reload of the `AuthenticationConfiguration` file.
+pub fn authentication_config_reload(ok: bool) {
+    counter!(AUTHN_CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 /// Records a request refused by a limit (`user`, `address`, `concurrency`).

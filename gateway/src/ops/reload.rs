@@ -1,5 +1,6 @@
-//! Reloading while the gateway runs: the policy (file change or SIGHUP) and the
-//! listener's TLS certificate and key (file change or SIGHUP).
+//! Reloading while the gateway runs: the policy, the listener's TLS certificate and key,
+//! and the `AuthenticationConfiguration` file's claim rules (each on a file change or
+//! SIGHUP).
 //!
 //! A reload reads and validates everything first; only a value that validates replaces
 //! the running one. A bad file is logged with its location and counted, and the running
@@ -194,6 +195,43 @@ impl CertReloader {
             }
         })?;
         Ok(CertReloader(reloader))
+    }
+}
+
+/// Watches the `AuthenticationConfiguration` file (and SIGHUP when asked): a file that
+/// validates, with the rest of the configuration, gives the issuers their new audiences
+/// and claim rules; a bad one is logged with its location and counted, and the running
+/// rules stay. Stops when dropped.
+pub struct AuthConfigReloader(#[allow(dead_code)] Reloader);
+
+impl AuthConfigReloader {
+    /// Starts watching `file`, the `authentication_config` of the configuration file
+    /// `config` (re-read whole, so an issuer duplicated in `[[auth.oidc]]` is caught too).
+    pub fn start(
+        gateway: Arc<crate::pipeline::Gateway>,
+        config: PathBuf,
+        file: PathBuf,
+        sighup: bool,
+    ) -> notify::Result<Self> {
+        let reloader = Reloader::start(&[&file], sighup, {
+            let file = file.clone();
+            move |trigger| {
+                let reloaded = kubegate_config::load(&config).map(|c| c.auth.oidc);
+                let result = gateway.authn.reload_rules(reloaded);
+                crate::ops::metrics::authentication_config_reload(result.is_ok());
+                match result {
+                    Ok(()) => {
+                        info!(?trigger, path = %file.display(), "authentication configuration reloaded")
+                    }
+                    Err(e) => error!(
+                        ?trigger,
+                        error = %e,
+                        "authentication configuration reload failed; keeping the running issuers and rules"
+                    ),
+                }
+            }
+        })?;
+        Ok(AuthConfigReloader(reloader))
     }
 }
 
