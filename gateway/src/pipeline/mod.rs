@@ -374,6 +374,71 @@ mod tests {
         assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
     }
 
+    /// A gateway with no issuer, an empty deny-all policy, an upstream nobody listens on and
+    /// an audit file in `dir`: enough for the phases that need no upstream.
+    async fn bare_gateway(dir: &std::path::Path) -> Gateway {
+        let policy = kubegate_policy::Policy::from_toml("policy.toml", "default = \"deny\"\n")
+            .unwrap()
+            .policy;
+        let kube = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
+        let limits = Limits::default();
+        Gateway {
+            authn: Authenticator::new(
+                Vec::new(),
+                &kubegate_config::Auth {
+                    oidc: Vec::new(),
+                    authentication_config: None,
+                    token_cache_ttl: Duration::from_secs(60),
+                    token_cache_size: 10,
+                },
+                Vec::new(),
+            ),
+            policy: Arc::new(PolicyStore::new(dir.join("policy.toml"), policy)),
+            upstream: Upstream::from_kube_config(&kube, Duration::from_secs(1)).unwrap(),
+            admission: Admission::new(&limits),
+            limits,
+            audit: AuditLog::start(kubegate_config::Audit {
+                stdout: false,
+                file: Some(dir.join("audit.log")),
+                ..kubegate_config::Audit::default()
+            })
+            .unwrap(),
+            pending_audit: Pending::default(),
+            shutdown: ShutdownTrigger::new().0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_phase_is_answered_and_audited_like_any_failure() {
+        crate::app::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = bare_gateway(dir.path()).await;
+        let request = Request::get("/api/v1/namespaces/dev/pods")
+            .body(Body::empty())
+            .unwrap();
+        let facts = facts(&request);
+        let outcome = Outcome::new(&request);
+        // What `proxy` does, with phases that panic half-way (a bug).
+        let handled = contain_panic(async {
+            if true {
+                panic!("a bug in some phase");
+            }
+            Ok(Response::new(Body::empty()))
+        })
+        .await;
+        let response = finish::finish(&gateway, &facts, outcome, handled).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["audit-id"], facts.audit_id.as_str());
+        drop(response);
+        gateway.audit.clone().close().await.unwrap();
+        let trail = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(trail.lines().next().unwrap()).unwrap();
+        assert_eq!(record["auditID"], facts.audit_id.as_str());
+        assert_eq!(record["responseStatus"]["code"], 500);
+        assert_eq!(record["requestURI"], "/api/v1/namespaces/dev/pods");
+    }
+
     #[tokio::test]
     async fn a_panicking_phase_becomes_a_500_status() {
         let contained = contain_panic(async {
