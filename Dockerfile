@@ -7,7 +7,8 @@ WORKDIR /src
 # aws-lc-rs needs cmake and clang to build its C parts.
 RUN apt-get update && apt-get install -y --no-install-recommends cmake clang && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN cargo build --release --locked -p kubegate --bin kubegate \
+# No dev mode (nor its in-process sandbox) in the image.
+RUN cargo build --release --locked -p kubegate --bin kubegate --no-default-features \
  && install -D -m 0755 target/release/kubegate /out/kubegate
 
 # glibc and CA certificates (for the issuers' discovery over TLS), nothing else: no shell,

@@ -213,6 +213,8 @@ max_in_flight_per_user = 1000000
 max_streams = 1000000
 max_streams_per_user = 1000000
 max_connections = 1000000
+# Every benchmark client comes from 127.0.0.1: the per-address cap would refuse the watches.
+max_connections_per_address = 1000000
 [admin]
 address = "127.0.0.1"
 port = $3

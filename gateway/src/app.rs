@@ -263,9 +263,11 @@ impl Running {
 
 impl Prepared {
     /// Serve connections on `n` connection threads, or on the calling runtime with 0 (for
-    /// tests that pause that runtime's clock). One per core by default.
+    /// tests that pause that runtime's clock). One per core by default, and never more:
+    /// the upstream keeps one connection pool per core, so that a connection thread only
+    /// ever reuses connections its own runtime drives.
     pub fn set_connection_threads(&mut self, n: usize) {
-        self.options.connection_threads = n;
+        self.options.connection_threads = n.min(default_connection_threads());
     }
 
     /// The user-facing application.

@@ -246,6 +246,8 @@ impl Upstream {
         // One pool per connection thread, and one for everything else (health probes on
         // the main runtime): a connection whose task lives on another runtime would put
         // a cross-thread wake-up back into every request that reused it.
+        // As many as there can be connection threads (`Prepared::set_connection_threads`
+        // never sets more), plus the one for everything else.
         let clients = (0..=crate::listener::default_connection_threads())
             .map(|_| build_client(http1.clone()))
             .collect();
