@@ -30,11 +30,13 @@ pub const AUDIENCE: &str = "kubegate";
 /// The token the gateway presents to the sandbox.
 pub const UPSTREAM_TOKEN: &str = "gateway-upstream-token";
 
-/// A policy for the tests: discovery for everyone, `devs` read and write pods in `dev`,
-/// nobody reads secrets.
-pub const TEST_POLICY: &str = r#"
-default = "deny"
-
+/// The discovery rule every test policy starts with: the API's discovery paths, the OpenAPI
+/// documents and `/version` for every authenticated user, as kubectl needs them.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! discovery_rule {
+    () => {
+        r#"
 [[rule]]
 name = "discovery"
 effect = "allow"
@@ -42,9 +44,27 @@ subjects = { authenticated = true }
 paths = [
   { path = "/api", prefix = true, methods = ["get"] },
   { path = "/apis", prefix = true, methods = ["get"] },
+  { path = "/openapi", prefix = true, methods = ["get"] },
   { path = "/version", methods = ["get"] },
 ]
+"#
+    };
+}
 
+/// The start of every test policy, as a literal for `concat!`: deny by default, then the
+/// discovery rule every user needs; the test's own rules follow.
+#[macro_export]
+macro_rules! policy_preamble {
+    () => {
+        concat!("default = \"deny\"\n", $crate::discovery_rule!())
+    };
+}
+
+/// A policy for the tests: discovery for everyone, `devs` read and write pods in `dev`,
+/// nobody reads secrets.
+pub const TEST_POLICY: &str = concat!(
+    policy_preamble!(),
+    r#"
 [[rule]]
 name = "devs-pods"
 effect = "allow"
@@ -56,7 +76,8 @@ name = "no-secrets"
 effect = "deny"
 subjects = { authenticated = true }
 resources = [{ api_groups = ["*"], resources = ["secrets"], verbs = ["*"] }]
-"#;
+"#
+);
 
 /// A certificate authority and a server certificate it signed, as PEM.
 pub struct TestPki {
@@ -314,46 +335,22 @@ impl TestGateway {
             let text = text.replace(&sandbox.url(), url);
             std::fs::write(&kubeconfig, text).expect("write kubeconfig");
         }
-        let config_text = format!(
-            r#"
-policy = "policy.toml"
-[listen]
-address = "127.0.0.1"
-port = 0
-tls_cert = "tls.crt"
-tls_key = "tls.key"
-{listen_extra}
-[upstream]
-kubeconfig = "upstream.kubeconfig"
-timeout = "{timeout}ms"
-{oidc}
-[admin]
-port = 0
-[audit]
-file = "audit.log"
-{audit_extra}
-"#,
-            listen_extra = options.listen_toml.as_deref().unwrap_or_default(),
-            audit_extra = options.audit_toml.as_deref().unwrap_or_default(),
-            timeout = options.upstream_timeout.as_millis(),
-            oidc = options.oidc_toml.clone().unwrap_or_else(|| format!(
-                "[[auth.oidc]]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = \"jwks.json\"\ngroups_claim = \"groups\"\nalgorithms = [\"RS256\", \"ES256\"]\n"
-            )),
-        );
-        let config_text = match &options.client_ca_pem {
-            Some(pem) => {
-                write(d, "client-ca.crt", pem);
-                config_text.replace(
-                    "tls_key = \"tls.key\"\n",
-                    "tls_key = \"tls.key\"\nclient_ca = \"client-ca.crt\"\n",
-                )
-            }
-            None => config_text,
-        };
-        let config_text = match &options.limits_toml {
-            Some(limits) => format!("{config_text}[limits]\n{limits}\n"),
-            None => config_text,
-        };
+        let mut listen = options.listen_toml.clone().unwrap_or_default();
+        if let Some(pem) = &options.client_ca_pem {
+            write(d, "client-ca.crt", pem);
+            listen.push_str("\nclient_ca = \"client-ca.crt\"\n");
+        }
+        let mut config = TestConfig::new("kubeconfig = \"upstream.kubeconfig\"");
+        config.upstream_timeout = options.upstream_timeout;
+        if let Some(oidc) = &options.oidc_toml {
+            config.oidc = oidc.clone();
+        }
+        config.listen = listen;
+        config.limits = options.limits_toml.clone();
+        config.admin = true;
+        config.audit_file = Some("audit.log".into());
+        config.audit = options.audit_toml.clone().unwrap_or_default();
+        let config_text = config.render();
         let config_path = write(d, "kubegate.toml", &config_text);
         let config = kubegate_config::load(&config_path).expect("config");
         let mut prepared = kubegate::app::prepare(&config)
@@ -638,6 +635,89 @@ pub async fn connect_http1(
         .connect("127.0.0.1".try_into().expect("server name"), tcp)
         .await
         .expect("TLS handshake with the gateway")
+}
+
+/// The `[[auth.oidc]]` table for the test identity provider: [`ISSUER`], [`AUDIENCE`],
+/// keys from `jwks.json`, groups from the `groups` claim, these algorithms.
+pub fn test_issuer_toml(algorithms: &[&str]) -> String {
+    let algorithms = algorithms
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[[auth.oidc]]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = \"jwks.json\"\ngroups_claim = \"groups\"\nalgorithms = [{algorithms}]\n"
+    )
+}
+
+/// A gateway configuration for tests, rendered as `kubegate.toml` text: the files it names
+/// (`tls.crt`, `tls.key`, `policy.toml`, and `jwks.json` for [`test_issuer_toml`]) are the
+/// test's to write beside it. One template for every test that starts a gateway.
+pub struct TestConfig {
+    /// The `[upstream]` table's source line(s): `kubeconfig = "..."` or `in_cluster = true`.
+    pub upstream: String,
+    /// `[upstream] timeout`.
+    pub upstream_timeout: Duration,
+    /// The issuer tables (default: [`test_issuer_toml`] with RS256 and ES256).
+    pub oidc: String,
+    /// Extra `[listen]` lines.
+    pub listen: String,
+    /// The `[limits]` table's body, if any.
+    pub limits: Option<String>,
+    /// An `[admin]` listener on a free loopback port.
+    pub admin: bool,
+    /// `[audit] file`, if any (relative to the configuration).
+    pub audit_file: Option<String>,
+    /// Extra `[audit]` lines.
+    pub audit: String,
+    /// An `[auth]` table's body, if any.
+    pub auth: Option<String>,
+}
+
+impl TestConfig {
+    /// A configuration in front of the upstream that `upstream` names.
+    pub fn new(upstream: impl Into<String>) -> Self {
+        TestConfig {
+            upstream: upstream.into(),
+            upstream_timeout: Duration::from_secs(10),
+            oidc: test_issuer_toml(&["RS256", "ES256"]),
+            listen: String::new(),
+            limits: None,
+            admin: false,
+            audit_file: None,
+            audit: String::new(),
+            auth: None,
+        }
+    }
+
+    /// The `kubegate.toml` text.
+    pub fn render(&self) -> String {
+        let mut text = format!(
+            "policy = \"policy.toml\"\n[listen]\naddress = \"127.0.0.1\"\nport = 0\ntls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n{listen}\n[upstream]\n{upstream}\ntimeout = \"{timeout}ms\"\n{oidc}\n",
+            listen = self.listen,
+            upstream = self.upstream,
+            timeout = self.upstream_timeout.as_millis(),
+            oidc = self.oidc,
+        );
+        if let Some(auth) = &self.auth {
+            text.push_str(&format!("[auth]\n{auth}\n"));
+        }
+        if self.admin {
+            text.push_str("[admin]\naddress = \"127.0.0.1\"\nport = 0\n");
+        }
+        if self.audit_file.is_some() || !self.audit.is_empty() {
+            text.push_str("[audit]\n");
+            if let Some(file) = &self.audit_file {
+                text.push_str(&format!("file = {file:?}\n"));
+            }
+            text.push_str(&self.audit);
+            text.push('\n');
+        }
+        if let Some(limits) = &self.limits {
+            text.push_str(&format!("[limits]\n{limits}\n"));
+        }
+        text
+    }
 }
 
 /// Writes a file into `dir`.

@@ -22,7 +22,8 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use kubegate::upstream::incluster::ServiceAccountEnv;
 use kubegate_tests::{
-    AUDIENCE, ISSUER, TestIssuer, TestPki, audit_records_in, collect, https_client, write,
+    TestConfig, TestIssuer, TestPki, audit_records_in, collect, https_client, test_issuer_toml,
+    write,
 };
 use serde_json::Value;
 
@@ -281,31 +282,13 @@ fn in_cluster_config(dir: &Path, issuer: &TestIssuer, pki: &TestPki, extra: &str
     write(
         dir,
         "kubegate.toml",
-        &format!(
-            r#"
-policy = "policy.toml"
-[listen]
-address = "127.0.0.1"
-port = 0
-tls_cert = "tls.crt"
-tls_key = "tls.key"
-[upstream]
-in_cluster = true
-timeout = "10s"
-[admin]
-address = "127.0.0.1"
-port = 0
-[audit]
-file = "audit.log"
-[[auth.oidc]]
-issuer = "{ISSUER}"
-audiences = ["{AUDIENCE}"]
-jwks_file = "jwks.json"
-groups_claim = "groups"
-algorithms = ["RS256"]
-{extra}
-"#
-        ),
+        &TestConfig {
+            oidc: format!("{}{extra}\n", test_issuer_toml(&["RS256"])),
+            admin: true,
+            audit_file: Some("audit.log".into()),
+            ..TestConfig::new("in_cluster = true")
+        }
+        .render(),
     )
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use kubegate::authn::{AuthError, Authenticator, IssuerVerifier};
-use kubegate_tests::{AUDIENCE, ISSUER, TestIssuer};
+use kubegate_tests::{TestConfig, TestIssuer};
 
 struct Keys {
     dir: tempfile::TempDir,
@@ -22,24 +22,11 @@ async fn authenticator(first: &TestIssuer, cache_ttl: &str) -> Keys {
         std::fs::write(d.join(f), "x").unwrap();
     }
     std::fs::write(d.join("jwks.json"), first.jwks()).unwrap();
-    let text = format!(
-        r#"
-policy = "policy.toml"
-[listen]
-tls_cert = "tls.crt"
-tls_key = "tls.key"
-[upstream]
-kubeconfig = "kubeconfig"
-[auth]
-token_cache_ttl = "{cache_ttl}"
-[[auth.oidc]]
-issuer = "{ISSUER}"
-audiences = ["{AUDIENCE}"]
-jwks_file = "jwks.json"
-groups_claim = "groups"
-algorithms = ["RS256", "ES256"]
-"#
-    );
+    let text = TestConfig {
+        auth: Some(format!("token_cache_ttl = {cache_ttl:?}")),
+        ..TestConfig::new("kubeconfig = \"kubeconfig\"")
+    }
+    .render();
     let config = kubegate_config::parse(&d.join("kubegate.toml"), &text).unwrap();
     let verifier = Arc::new(IssuerVerifier::new(config.auth.oidc[0].clone()).unwrap());
     verifier.refresh_keys().await.unwrap();

@@ -30,7 +30,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use kubegate_tests::{
-    AUDIENCE, Collected, ISSUER, TestIssuer, TestPki, collect, https_client, run_kubectl, write,
+    Collected, TestConfig, TestIssuer, TestPki, collect, https_client, run_kubectl,
+    test_issuer_toml, write,
 };
 use serde_json::Value;
 
@@ -38,19 +39,10 @@ use serde_json::Value;
 /// work with pods and configmaps in `dev` and `rk-*`, and may ask for secrets in `dev`
 /// (so that the API server's RBAC is the one to refuse); nobody gets secrets in `prod`
 /// (so that the gateway refuses, and nothing goes upstream).
-const POLICY: &str = r#"
-default = "deny"
+const POLICY: &str = concat!(
+    kubegate_tests::policy_preamble!(),
+    r#"
 
-[[rule]]
-name = "discovery"
-effect = "allow"
-subjects = { authenticated = true }
-paths = [
-  { path = "/api", prefix = true, methods = ["get"] },
-  { path = "/apis", prefix = true, methods = ["get"] },
-  { path = "/openapi", prefix = true, methods = ["get"] },
-  { path = "/version", methods = ["get"] },
-]
 
 [[rule]]
 name = "no-secrets-prod"
@@ -69,7 +61,8 @@ name = "devs-workloads"
 effect = "allow"
 subjects = { groups = ["devs"] }
 resources = [{ api_groups = [""], resources = ["pods", "configmaps"], namespaces = ["dev", "rk-*"], verbs = ["get", "list", "watch", "create", "update", "patch", "delete"] }]
-"#;
+"#
+);
 
 /// What the cluster holds before any test: namespaces `dev` and `prod`, a Role that lets
 /// group `devs` get/list/watch pods in `dev` (nothing else), a pod and a secret in `dev`,
@@ -153,33 +146,14 @@ impl Gateway {
         write(d, "tls.key", &pki.key_pem);
         write(d, "jwks.json", &issuer.jwks());
         write(d, "policy.toml", POLICY);
-        let admin = if admin {
-            "[admin]\naddress = \"127.0.0.1\"\nport = 0\n"
-        } else {
-            ""
-        };
-        let config_text = format!(
-            r#"
-policy = "policy.toml"
-[listen]
-address = "127.0.0.1"
-port = 0
-tls_cert = "tls.crt"
-tls_key = "tls.key"
-[upstream]
-kubeconfig = "{kubeconfig}"
-timeout = "10s"
-[[auth.oidc]]
-issuer = "{ISSUER}"
-audiences = ["{AUDIENCE}"]
-jwks_file = "jwks.json"
-groups_claim = "groups"
-algorithms = ["RS256"]
-[audit]
-file = "gateway-audit.log"
-{admin}"#,
-            kubeconfig = kube.gateway_kubeconfig().display(),
-        );
+        let mut config = TestConfig::new(format!(
+            "kubeconfig = {:?}",
+            kube.gateway_kubeconfig().display().to_string()
+        ));
+        config.oidc = test_issuer_toml(&["RS256"]);
+        config.admin = admin;
+        config.audit_file = Some("gateway-audit.log".into());
+        let config_text = config.render();
         let config_path = write(d, "kubegate.toml", &config_text);
         let config = kubegate_config::load(&config_path).expect("gateway config");
         let running = kubegate::start(&config).await.expect("gateway starts");

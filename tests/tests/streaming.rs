@@ -21,18 +21,10 @@ use tokio::io::{
 };
 
 /// Alice (`devs`) may run things in `dev`; Bob (`guests`) may only look.
-const POLICY: &str = r#"
-default = "deny"
+const POLICY: &str = concat!(
+    kubegate_tests::policy_preamble!(),
+    r#"
 
-[[rule]]
-name = "discovery"
-effect = "allow"
-subjects = { authenticated = true }
-paths = [
-  { path = "/api", prefix = true, methods = ["get"] },
-  { path = "/apis", prefix = true, methods = ["get"] },
-  { path = "/version", methods = ["get"] },
-]
 
 [[rule]]
 name = "devs-run-pods"
@@ -45,7 +37,8 @@ name = "guests-look"
 effect = "allow"
 subjects = { groups = ["guests"] }
 resources = [{ api_groups = [""], resources = ["pods", "pods/log"], namespaces = ["dev"], verbs = ["get", "list", "watch"] }]
-"#;
+"#
+);
 
 /// Every test here opens streams; the metrics test needs to be alone to count them.
 static STREAMS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());

@@ -142,8 +142,11 @@ struct Accepted {
 
 /// A connection's places under the global and the per-address cap, held for its life.
 struct Slots {
-    _global: OwnedSemaphorePermit,
+    // Fields drop in order: the address slot must go first. The accept loop waits for the
+    // global slot and then checks the address; freed the other way round, a client whose
+    // previous connection just closed could find its address still full and be reset.
     _address: AddressSlot,
+    _global: OwnedSemaphorePermit,
 }
 
 /// Open connections per address key, for `max_connections_per_address`. An entry exists
