@@ -720,6 +720,17 @@ impl TestConfig {
     }
 }
 
+/// Writes `pki`'s server certificate and key and `policy` into `dir`, and returns the
+/// start of a kubegate.toml that uses them: the policy and a TLS listener on an ephemeral
+/// loopback port.
+pub fn write_listener_files(dir: &Path, pki: &TestPki, policy: &str) -> &'static str {
+    write(dir, "tls.crt", &pki.cert_pem);
+    write(dir, "tls.key", &pki.key_pem);
+    write(dir, "policy.toml", policy);
+    "policy = \"policy.toml\"\n[listen]\naddress = \"127.0.0.1\"\nport = 0\n\
+     tls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n"
+}
+
 /// Writes a file into `dir`.
 pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
