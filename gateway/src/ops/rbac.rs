@@ -72,12 +72,23 @@ pub fn required(config: &Config) -> Vec<Right> {
         Right::impersonate("", "groups", ""),
     ];
     let issuers = &config.auth.oidc;
-    if issuers.iter().any(|i| i.uid_claim.is_some()) {
+    // An AuthenticationConfiguration issuer maps its uid and extra keys with CEL rules
+    // (`claim_rules`), a `[[auth.oidc]]` issuer with `uid_claim` and `extra`: both count.
+    let maps_uid = |i: &kubegate_config::OidcIssuer| {
+        i.uid_claim.is_some() || i.claim_rules.as_ref().is_some_and(|r| r.uid.is_some())
+    };
+    if issuers.iter().any(maps_uid) {
         rights.push(Right::impersonate(AUTHENTICATION_GROUP, "uids", ""));
     }
     let keys: BTreeSet<&str> = issuers
         .iter()
-        .flat_map(|i| i.extra.keys().map(String::as_str))
+        .flat_map(|i| {
+            let cel = i.claim_rules.iter().flat_map(|r| r.extra.iter());
+            i.extra
+                .keys()
+                .map(String::as_str)
+                .chain(cel.map(|e| e.key.as_str()))
+        })
         .collect();
     for key in keys {
         // Validation keeps keys lower-case; the API server lower-cases them too.
@@ -159,6 +170,46 @@ audiences = ["kubegate"]
 
     fn names(config: &Config) -> Vec<String> {
         required(config).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn cel_mapped_uids_and_extra_keys_need_their_rights_too() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["policy.toml", "tls.crt", "tls.key"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("auth.yaml"),
+            r#"apiVersion: apiserver.config.k8s.io/v1beta1
+kind: AuthenticationConfiguration
+jwt:
+- issuer:
+    url: https://cel.example.com
+    audiences: ["kubegate"]
+  claimMappings:
+    username:
+      expression: "claims.sub"
+    uid:
+      expression: "claims.sid"
+    extra:
+    - key: "example.com/tier"
+      valueExpression: "claims.tier"
+"#,
+        )
+        .unwrap();
+        let text = "policy = \"policy.toml\"\n[listen]\ntls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n\
+                    [upstream]\nin_cluster = true\n[auth]\nauthentication_config = \"auth.yaml\"\n";
+        let c =
+            kubegate_config::parse(&dir.path().join("kubegate.toml"), text).expect("valid config");
+        assert_eq!(
+            names(&c),
+            [
+                "impersonate users (core)",
+                "impersonate groups (core)",
+                "impersonate uids (authentication.k8s.io)",
+                "impersonate userextras/example.com/tier (authentication.k8s.io)",
+            ]
+        );
     }
 
     #[test]
