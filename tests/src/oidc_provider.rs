@@ -35,6 +35,9 @@ fn fixture() -> PathBuf {
 /// Installs the fixture's locked dependencies (once) and starts the provider.
 pub fn start_provider() -> Provider {
     let dir = fixture();
+    // Tests of one binary run in parallel: only one of them may run `npm ci` at a time.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if !dir.join("node_modules/oidc-provider").is_dir() {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
