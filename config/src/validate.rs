@@ -21,15 +21,7 @@ const MAX_ISSUERS: usize = 64;
 pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let map = SourceMap::new(file, text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| map.toml_error(&e))?;
-    let v = Validator {
-        map: &map,
-        // `Path::new("kubegate.toml").parent()` is `Some("")`, not the current directory.
-        base: file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf(),
-    };
+    let v = Validator::new(&map, file);
     Ok(Config {
         file: file.to_path_buf(),
         listen: v.listen(raw.listen.into_inner())?,
@@ -56,20 +48,27 @@ struct RawUpstreamOnly {
 pub(crate) fn validate_upstream(file: &Path, text: &str) -> Result<Upstream, ConfigError> {
     let map = SourceMap::new(file, text);
     let raw: RawUpstreamOnly = toml::from_str(text).map_err(|e| map.toml_error(&e))?;
-    let v = Validator {
-        map: &map,
-        base: file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf(),
-    };
-    v.upstream(raw.upstream)
+    Validator::new(&map, file).upstream(raw.upstream)
 }
 
 struct Validator<'a> {
     map: &'a SourceMap<'a>,
     base: PathBuf,
+}
+
+impl<'a> Validator<'a> {
+    /// A validator for `file`, whose relative paths are resolved against its directory.
+    fn new(map: &'a SourceMap<'a>, file: &Path) -> Self {
+        Validator {
+            map,
+            // `Path::new("kubegate.toml").parent()` is `Some("")`, not the current directory.
+            base: file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        }
+    }
 }
 
 impl Validator<'_> {
