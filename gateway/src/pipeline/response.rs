@@ -248,6 +248,13 @@ mod tests {
         )
     }
 
+    /// Alice asks for her one in-flight slot.
+    fn alice(
+        admission: &Admission<governor::clock::FakeRelativeClock>,
+    ) -> Result<crate::pipeline::admission::Permit, crate::error::GatewayError> {
+        admission.admit("alice", &[], RequestKind::Ordinary)
+    }
+
     fn chunks(n: usize) -> Body {
         let frames = (0..n).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from("chunk"))));
         Body::new(StreamBody::new(futures_util::stream::iter(frames).boxed()))
@@ -257,32 +264,16 @@ mod tests {
     async fn the_slot_is_held_until_the_body_is_finished() {
         let admission = admission();
         let mut guard = ResponseGuard::new();
-        guard.hold_permit(
-            admission
-                .admit("alice", &[], RequestKind::Ordinary)
-                .unwrap(),
-        );
+        guard.hold_permit(alice(&admission).unwrap());
         let response = guard.attach(Response::new(chunks(3)), None);
         // Headers sent, body not yet: the slot is still taken.
-        assert!(
-            admission
-                .admit("alice", &[], RequestKind::Ordinary)
-                .is_err()
-        );
+        assert!(alice(&admission).is_err());
         let mut body = response.into_body();
         body.frame().await.unwrap().unwrap();
-        assert!(
-            admission
-                .admit("alice", &[], RequestKind::Ordinary)
-                .is_err()
-        );
+        assert!(alice(&admission).is_err());
         while body.frame().await.is_some() {}
         // The last byte went out: free again, before the body is even dropped.
-        drop(
-            admission
-                .admit("alice", &[], RequestKind::Ordinary)
-                .unwrap(),
-        );
+        drop(alice(&admission).unwrap());
         drop(body);
     }
 
@@ -290,26 +281,14 @@ mod tests {
     async fn a_body_dropped_unfinished_releases_the_slot() {
         let admission = admission();
         let mut guard = ResponseGuard::new();
-        guard.hold_permit(
-            admission
-                .admit("alice", &[], RequestKind::Ordinary)
-                .unwrap(),
-        );
+        guard.hold_permit(alice(&admission).unwrap());
         let response = guard.attach(Response::new(chunks(1000)), None);
         let mut body = response.into_body();
         body.frame().await.unwrap().unwrap();
-        assert!(
-            admission
-                .admit("alice", &[], RequestKind::Ordinary)
-                .is_err()
-        );
+        assert!(alice(&admission).is_err());
         // The client went away mid-body.
         drop(body);
-        drop(
-            admission
-                .admit("alice", &[], RequestKind::Ordinary)
-                .unwrap(),
-        );
+        drop(alice(&admission).unwrap());
     }
 
     #[tokio::test]
