@@ -222,7 +222,13 @@ impl Gateway {
         let attributes = resolve(parts.method.as_str(), &path, parts.uri.query());
         let attributes = outcome.attributes.insert(attributes);
         // Numbers the gateway itself acts on are bounded before anything is done with them.
-        let timeout_seconds = kubegate_policy::timeout_seconds(parts.uri.query())?;
+        // A proxied request's query is the backend's, not the API server's: nothing in it
+        // is the gateway's to read.
+        let timeout_seconds = if is_proxy(attributes) {
+            None
+        } else {
+            kubegate_policy::timeout_seconds(parts.uri.query())?
+        };
 
         // 2. Who is asking. Checking a credential costs crypto: each client address has a
         // budget for that, spent before any is done.
@@ -328,6 +334,12 @@ impl Gateway {
         outcome.upstream_wait = sent.elapsed();
         response
     }
+}
+
+/// A service, pod or node proxy request (or the legacy `proxy` verb), whose path remainder
+/// and query are the backend's.
+fn is_proxy(attributes: &RequestAttributes) -> bool {
+    matches!(attributes, RequestAttributes::Resource(r) if r.subresource == "proxy" || r.verb == "proxy")
 }
 
 /// Runs a request's phases so that a panic in one of them (a bug) becomes a 500 `Status`
