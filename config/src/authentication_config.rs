@@ -166,6 +166,8 @@ struct RawIssuer {
     #[serde(default)]
     audiences: Vec<S<String>>,
     audience_match_policy: Option<S<String>>,
+    // Known to the API server, refused here so the message can say why.
+    egress_selector_type: Option<S<serde::de::IgnoredAny>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -404,6 +406,13 @@ impl Validator<'_> {
         let url_field = format!("{field}.issuer.url");
         self.url(&iss.url, &url_field)?;
         let issuer = iss.url.value.clone();
+        if let Some(e) = &iss.egress_selector_type {
+            return Err(self.err(
+                e,
+                &format!("{field}.issuer.egressSelectorType"),
+                "kubegate reaches issuers directly, it has no egress selector; remove egressSelectorType from the file kubegate reads",
+            ));
+        }
 
         let keys = match &iss.discovery_url {
             None => KeySource::Discovery(format!(
@@ -942,6 +951,24 @@ jwt:
         let e = parse(&GOOD.replace("'claims.sub'", "'claims.sub +'")).unwrap_err();
         assert!(e.message.contains("\"https://example.com\""), "{e}");
         assert!(e.message.contains("\"claims.sub +\""), "{e}");
+    }
+
+    #[test]
+    fn an_egress_selector_is_refused_with_the_reason() {
+        // The API server's field, which kubegate cannot honour: not an "unknown field".
+        let with = GOOD.replace(
+            "    audienceMatchPolicy: MatchAny\n",
+            "    audienceMatchPolicy: MatchAny\n    egressSelectorType: controlplane\n",
+        );
+        let e = parse(&with).unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("jwt[0].issuer.egressSelectorType"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.message.contains("reaches issuers directly"), "{e}");
+        assert!(e.message.contains("remove egressSelectorType"), "{e}");
     }
 
     #[test]
