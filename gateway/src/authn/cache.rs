@@ -2,8 +2,10 @@
 //! check once.
 //!
 //! The cache holds a digest, never the token. An entry ends at the earlier of the token's
-//! `exp` and the configured TTL, and is ignored as soon as its issuer's key set changes,
-//! so a key the issuer revoked stops working at the next key refresh.
+//! `exp` and the configured TTL, and is ignored as soon as its issuer's key set or claim
+//! rules change (so a key the issuer revoked stops working at the next key refresh), or
+//! its issuer is no longer the one in that place of the running issuer set (a reload
+//! removed or replaced it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +30,9 @@ struct Entry {
     identity: Arc<Identity>,
     /// Seconds since the epoch after which the entry is void.
     until: u64,
+    /// The verifier's place in the issuer set, and its [`super::IssuerVerifier::id`].
     issuer: usize,
+    issuer_id: u64,
     generation: u64,
 }
 
@@ -52,17 +56,18 @@ impl TokenCache {
         !self.ttl.is_zero()
     }
 
-    /// The identity for `digest`, if it was verified with issuer `issuer`'s keys of
-    /// generation `current(issuer)` and has not expired.
+    /// The identity for `digest`, if it has not expired and `current(place)`, the id and
+    /// generation of the verifier now in that place of the issuer set, are the ones that
+    /// verified it.
     pub(crate) fn get(
         &self,
         digest: &TokenDigest,
-        current: impl Fn(usize) -> u64,
+        current: impl Fn(usize) -> Option<(u64, u64)>,
     ) -> Option<Arc<Identity>> {
         let now = now_secs();
         let mut entries = self.entries.lock().ok()?;
         let entry = entries.get(digest)?;
-        if entry.until > now && entry.generation == current(entry.issuer) {
+        if entry.until > now && current(entry.issuer) == Some((entry.issuer_id, entry.generation)) {
             return Some(entry.identity.clone());
         }
         entries.remove(digest);
@@ -74,8 +79,7 @@ impl TokenCache {
         digest: TokenDigest,
         identity: Arc<Identity>,
         expires_at: u64,
-        issuer: usize,
-        generation: u64,
+        (issuer, issuer_id, generation): (usize, u64, u64),
     ) {
         let until = expires_at.min(now_secs().saturating_add(self.ttl.as_secs()));
         let Ok(mut entries) = self.entries.lock() else {
@@ -96,9 +100,18 @@ impl TokenCache {
                 identity,
                 until,
                 issuer,
+                issuer_id,
                 generation,
             },
         );
+    }
+
+    /// Drops every entry whose verifier `keep` does not name: after a reload, entries of
+    /// removed or replaced issuers could never be used again.
+    pub(crate) fn retain_issuers(&self, keep: impl Fn(u64) -> bool) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|_, e| keep(e.issuer_id));
+        }
     }
 
     #[cfg(test)]
@@ -126,21 +139,53 @@ mod tests {
     fn hits_until_expiry_or_key_change() {
         let cache = TokenCache::new(Duration::from_secs(60), 10);
         let d = digest_of("token-a");
-        cache.insert(d, id("a"), now_secs() + 3600, 0, 7);
-        assert_eq!(cache.get(&d, |_| 7).unwrap().user, "a");
-        assert!(cache.get(&d, |_| 8).is_none(), "new keys void old verdicts");
-        assert!(cache.get(&d, |_| 7).is_none(), "and the entry is gone");
+        cache.insert(d, id("a"), now_secs() + 3600, (0, 3, 7));
+        assert_eq!(cache.get(&d, |_| Some((3, 7))).unwrap().user, "a");
+        assert!(
+            cache.get(&d, |_| Some((3, 8))).is_none(),
+            "new keys void old verdicts"
+        );
+        assert!(
+            cache.get(&d, |_| Some((3, 7))).is_none(),
+            "and the entry is gone"
+        );
 
         let expired = digest_of("token-b");
-        cache.insert(expired, id("b"), now_secs() - 1, 0, 7);
-        assert!(cache.get(&expired, |_| 7).is_none(), "never past exp");
+        cache.insert(expired, id("b"), now_secs() - 1, (0, 3, 7));
+        assert!(
+            cache.get(&expired, |_| Some((3, 7))).is_none(),
+            "never past exp"
+        );
+    }
+
+    #[test]
+    fn a_verdict_ends_with_its_verifier() {
+        let cache = TokenCache::new(Duration::from_secs(60), 10);
+        let d = digest_of("token-a");
+        // Another verifier in that place (a reload replaced it), or none at all.
+        cache.insert(d, id("a"), now_secs() + 3600, (1, 3, 7));
+        assert!(cache.get(&d, |_| Some((4, 7))).is_none());
+        cache.insert(d, id("a"), now_secs() + 3600, (1, 3, 7));
+        assert!(cache.get(&d, |_| None).is_none());
+
+        cache.insert(d, id("a"), now_secs() + 3600, (1, 3, 7));
+        let other = digest_of("token-b");
+        cache.insert(other, id("b"), now_secs() + 3600, (0, 5, 1));
+        cache.retain_issuers(|issuer| issuer == 5);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(&other, |_| Some((5, 1))).is_some());
     }
 
     #[test]
     fn stays_bounded() {
         let cache = TokenCache::new(Duration::from_secs(60), 4);
         for i in 0..100 {
-            cache.insert(digest_of(&i.to_string()), id("x"), now_secs() + 60, 0, 0);
+            cache.insert(
+                digest_of(&i.to_string()),
+                id("x"),
+                now_secs() + 60,
+                (0, 0, 0),
+            );
             assert!(cache.len() <= 4);
         }
     }

@@ -27,6 +27,9 @@ const RESERVED_PREFIX: &str = "system:";
 
 /// Verifies the tokens of one issuer, and owns that issuer's keys.
 pub struct IssuerVerifier {
+    /// Unique among the verifiers of this process: a cached verdict names the verifier
+    /// that made it, so one made by a verifier a reload removed or replaced never counts.
+    id: u64,
     config: OidcIssuer,
     /// What a reload of the `AuthenticationConfiguration` file may change; read through
     /// this, never through `config`.
@@ -44,10 +47,15 @@ pub struct IssuerVerifier {
     /// Kids that the last fetch (at the recorded time) did not have: asked again within
     /// the cooldown, they are refused without taking the refresh lock.
     unknown_kids: std::sync::Mutex<(Option<Instant>, HashSet<String>)>,
+    /// The background key refresh of this verifier, stopped when a reload removes it.
+    refresh_task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
+/// Hands out [`IssuerVerifier::id`]s.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 /// The audiences and claim rules of an issuer as the last good reload of its file left
-/// them; `retired` once the file no longer names it.
+/// them; `retired` once a reload removed or replaced it.
 struct Live {
     audiences: Vec<String>,
     claim_rules: Option<Arc<ClaimRules>>,
@@ -87,6 +95,7 @@ impl IssuerVerifier {
             retired: false,
         });
         Ok(IssuerVerifier {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
             live,
             allowed,
@@ -96,7 +105,32 @@ impl IssuerVerifier {
             fetcher,
             refresh: tokio::sync::Mutex::new(None),
             unknown_kids: std::sync::Mutex::new((None, HashSet::new())),
+            refresh_task: std::sync::Mutex::new(None),
         })
+    }
+
+    /// This verifier's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Records the task that refreshes this verifier's keys, so a reload that removes
+    /// the verifier can stop it.
+    pub(crate) fn set_refresh_task(&self, task: tokio::task::AbortHandle) {
+        if let Ok(mut slot) = self.refresh_task.lock()
+            && let Some(old) = slot.replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops the background key refresh, if one runs.
+    pub(crate) fn stop_refresh(&self) {
+        if let Ok(mut slot) = self.refresh_task.lock()
+            && let Some(task) = slot.take()
+        {
+            task.abort();
+        }
     }
 
     /// The issuer URL, exactly as tokens must carry it.
@@ -114,20 +148,22 @@ impl IssuerVerifier {
         &self.config.keys
     }
 
-    /// Installs the audiences and claim rules of `reloaded` (the same issuer, from a
-    /// reloaded `AuthenticationConfiguration` file), reinstating a retired issuer.
-    /// Cached verdicts made under the old rules end here.
+    /// Installs the audiences and claim rules of `reloaded` (the same issuer and key
+    /// source, from a reloaded `AuthenticationConfiguration` file). Cached verdicts made
+    /// under the old rules end here.
     pub fn replace_rules(&self, reloaded: &OidcIssuer) {
+        let retired = self.live.load().retired;
         self.live.store(Arc::new(Live {
             audiences: reloaded.audiences.clone(),
             claim_rules: reloaded.claim_rules.clone(),
-            retired: false,
+            retired,
         }));
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Stops accepting this issuer's tokens (its file no longer names it); they are
-    /// refused as from an untrusted issuer, cached verdicts included.
+    /// Stops accepting this issuer's tokens (a reload removed or replaced it): a
+    /// verification that still holds this verifier refuses them as from an untrusted
+    /// issuer, its cached verdicts end, and its key refresh stops.
     pub fn retire(&self) {
         let live = self.live.load();
         self.live.store(Arc::new(Live {
@@ -136,6 +172,7 @@ impl IssuerVerifier {
             retired: true,
         }));
         self.generation.fetch_add(1, Ordering::Release);
+        self.stop_refresh();
     }
 
     /// Whether a reload retired this issuer.

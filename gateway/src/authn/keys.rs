@@ -237,9 +237,7 @@ async fn fetch(
 }
 
 /// Loads every issuer's keys at start-up (logging, not failing, on error: readiness
-/// reports it) and keeps them fresh in the background, on the JWKS response's cache
-/// lifetime bounded to [`MIN_REFRESH`, `MAX_REFRESH`]. The last good key set stays in use
-/// while an issuer is unreachable.
+/// reports it) and keeps them fresh in the background ([`spawn_key_refresh`]).
 pub async fn start_key_loading(issuers: &[Arc<IssuerVerifier>]) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for verifier in issuers {
@@ -250,25 +248,44 @@ pub async fn start_key_loading(issuers: &[Arc<IssuerVerifier>]) -> Vec<JoinHandl
                 warn!(issuer = verifier.issuer(), error = %e, "cannot load issuer keys; will retry")
             }
         }
-        let verifier = verifier.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut last = first;
-            loop {
-                let wait = match &last {
-                    Ok(max_age) => max_age
-                        .unwrap_or(DEFAULT_REFRESH)
-                        .clamp(MIN_REFRESH, MAX_REFRESH),
-                    Err(_) => RETRY_INTERVAL,
-                };
-                tokio::time::sleep(wait).await;
-                last = verifier.refresh_keys().await;
-                if let Err(e) = &last {
-                    warn!(issuer = verifier.issuer(), error = %e, "cannot refresh issuer keys; keeping the last good set");
-                }
-            }
-        }));
+        tasks.push(spawn_key_refresh(verifier.clone(), first.ok()));
     }
     tasks
+}
+
+/// Keeps `verifier`'s keys fresh in the background, on the JWKS response's cache
+/// lifetime bounded to [`MIN_REFRESH`, `MAX_REFRESH`]; the last good key set stays in
+/// use while the issuer is unreachable. `first` is the outcome of the load just done
+/// (`Some(max_age)` when it succeeded). The verifier holds the task's handle, so
+/// [`IssuerVerifier::retire`] stops it.
+pub(crate) fn spawn_key_refresh(
+    verifier: Arc<IssuerVerifier>,
+    first: Option<Option<Duration>>,
+) -> JoinHandle<()> {
+    let task = tokio::spawn({
+        let verifier = verifier.clone();
+        async move {
+            let mut last = first;
+            loop {
+                let wait = match last {
+                    Some(max_age) => max_age
+                        .unwrap_or(DEFAULT_REFRESH)
+                        .clamp(MIN_REFRESH, MAX_REFRESH),
+                    None => RETRY_INTERVAL,
+                };
+                tokio::time::sleep(wait).await;
+                last = match verifier.refresh_keys().await {
+                    Ok(max_age) => Some(max_age),
+                    Err(e) => {
+                        warn!(issuer = verifier.issuer(), error = %e, "cannot refresh issuer keys; keeping the last good set");
+                        None
+                    }
+                };
+            }
+        }
+    });
+    verifier.set_refresh_task(task.abort_handle());
+    task
 }
 
 #[cfg(test)]

@@ -294,7 +294,7 @@ fn strings(ctx: &Context, e: &Expression) -> Result<Vec<String>, AuthError> {
 mod golden;
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! Claim rules run through [`super::super::IssuerVerifier::verify`] with real
     //! signatures; the helpers here serve the documentation's golden cases too.
 
@@ -311,12 +311,12 @@ mod tests {
     const KID: &str = "f7t_m8DNZaSBMhXl9AvSXhAP-8cBfgBUlUiLnhBH1us";
 
     /// An RS256 key (as the documentation's tokens use) and its JWKS in a file.
-    pub(super) struct Signer {
+    pub(in crate::authn) struct Signer {
         key: EncodingKey,
         dir: tempfile::TempDir,
     }
 
-    pub(super) fn signer() -> Signer {
+    pub(in crate::authn) fn signer() -> Signer {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
         let key = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).unwrap();
         let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
@@ -333,11 +333,7 @@ mod tests {
         let mut issuers =
             kubegate_config::parse_authentication_config(Path::new("auth.yaml"), yaml).unwrap();
         let mut issuer = issuers.remove(0);
-        let location = issuer.location.clone();
-        issuer.keys = KeySource::JwksFile(Setting {
-            value: s.dir.path().join("jwks.json"),
-            location,
-        });
+        issuer.keys = jwks_file(s, &issuer.location);
         let v = IssuerVerifier::new(issuer).unwrap();
         v.refresh_keys().await.unwrap();
         v
@@ -357,8 +353,19 @@ mod tests {
         jsonwebtoken::encode(&header, claims, &s.key).unwrap()
     }
 
+    /// `s`'s JWKS file, as a key source for `location`'s issuer.
+    pub(in crate::authn) fn jwks_file(
+        s: &Signer,
+        location: &kubegate_config::Location,
+    ) -> KeySource {
+        KeySource::JwksFile(Setting {
+            value: s.dir.path().join("jwks.json"),
+            location: location.clone(),
+        })
+    }
+
     /// `claims`, valid from now for ten minutes, signed.
-    fn token(s: &Signer, mut claims: serde_json::Value) -> String {
+    pub(in crate::authn) fn token(s: &Signer, mut claims: serde_json::Value) -> String {
         let now = now();
         claims["iat"] = json!(now);
         claims["exp"] = json!(now + 600);

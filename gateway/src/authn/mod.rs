@@ -20,6 +20,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
@@ -126,38 +127,57 @@ pub enum RulesReloadError {
     /// The file does not load (a located configuration error).
     #[error(transparent)]
     Config(#[from] kubegate_config::ConfigError),
-    /// The file names an issuer the gateway did not start with: its keys are loaded at
-    /// start-up only.
+    /// The file names an issuer that `[[auth.oidc]]` runs already (the TOML changed
+    /// since start; its issuers change with a restart only).
     #[error(
-        "{location}: issuer {issuer:?} is new; adding an issuer takes a restart (the file was not applied)"
+        "{location}: issuer {issuer:?} is configured in [[auth.oidc]] too; each issuer may be configured once (the file was not applied)"
     )]
-    NewIssuer {
+    DuplicateIssuer {
         /// The issuer URL.
         issuer: String,
         /// Its `jwt[i]` entry.
         location: kubegate_config::Location,
     },
-    /// An issuer's discovery URL or certificate authority changed: where its keys come
-    /// from is fixed at start-up.
+    /// A new or changed issuer's `certificateAuthority` cannot be used.
     #[error(
-        "{location}: the discoveryURL or certificateAuthority of issuer {issuer:?} changed; that takes a restart (the file was not applied)"
+        "{location}: issuer {issuer:?}: cannot set up TLS for its key fetches: {source} (the file was not applied)"
     )]
-    KeySourceChanged {
+    Tls {
         /// The issuer URL.
         issuer: String,
         /// Its `jwt[i]` entry.
         location: kubegate_config::Location,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A new issuer's signing keys (or a changed issuer's, from its new source) could not
+    /// be loaded: switching to it would refuse all its tokens, so nothing switches.
+    #[error(
+        "{location}: issuer {issuer:?}: cannot load its signing keys: {source} (the file was not applied)"
+    )]
+    Keys {
+        /// The issuer URL.
+        issuer: String,
+        /// Its `jwt[i]` entry.
+        location: kubegate_config::Location,
+        /// Why.
+        source: keys::KeyLoadError,
     },
 }
 
 /// Verifies bearer tokens against the configured issuers.
 pub struct Authenticator {
-    issuers: Vec<Arc<IssuerVerifier>>,
+    /// The running issuers: `[[auth.oidc]]` ones first, then the file's. A reload swaps
+    /// in a whole new set; a request loads it without a lock.
+    issuers: ArcSwap<Vec<Arc<IssuerVerifier>>>,
     cache: cache::TokenCache,
     /// `AuthenticationConfiguration` reloads applied and refused.
     rules_reloads: AtomicU64,
     rules_reload_failures: AtomicU64,
-    /// Background key refreshes; stopped with the authenticator.
+    /// One reload at a time: each builds on the set the last one left.
+    reloading: tokio::sync::Mutex<()>,
+    /// Background key refreshes of the issuers it started with; stopped with the
+    /// authenticator (a reload stops a removed issuer's through [`IssuerVerifier::retire`]).
     key_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -166,7 +186,18 @@ impl Drop for Authenticator {
         for task in &self.key_tasks {
             task.abort();
         }
+        for verifier in self.issuers.load().iter() {
+            verifier.stop_refresh();
+        }
     }
+}
+
+/// Whether `new` fetches its keys the way `old`'s verifier does (so it keeps that
+/// verifier and its keys, and takes only the new audiences and claim rules).
+fn same_key_source(old: &kubegate_config::OidcIssuer, new: &kubegate_config::OidcIssuer) -> bool {
+    old.keys == new.keys
+        && old.certificate_authority_pem == new.certificate_authority_pem
+        && old.insecure_http == new.insecure_http
 }
 
 impl Authenticator {
@@ -177,24 +208,29 @@ impl Authenticator {
         key_tasks: Vec<tokio::task::JoinHandle<()>>,
     ) -> Self {
         Authenticator {
-            issuers,
+            issuers: ArcSwap::from_pointee(issuers),
             cache: cache::TokenCache::new(auth.token_cache_ttl, auth.token_cache_size),
             rules_reloads: AtomicU64::new(0),
             rules_reload_failures: AtomicU64::new(0),
+            reloading: tokio::sync::Mutex::new(()),
             key_tasks,
         }
     }
 
     /// Applies a reloaded `AuthenticationConfiguration` file: `reloaded` is the whole
-    /// validated configuration's issuers (those of the file carry claim rules). Each
-    /// issuer of the file takes its new audiences and claim rules; an issuer the file no
-    /// longer names is retired. Nothing changes unless the whole file applies: a new
-    /// issuer or a changed key source is refused.
-    pub fn reload_rules(
+    /// validated configuration's issuers (those of the file carry claim rules; those of
+    /// `[[auth.oidc]]` are left as they run). The file may add issuers, remove them and
+    /// change any of their fields. An issuer whose key source is unchanged keeps its
+    /// verifier and keys and takes the new audiences and claim rules; a new issuer, or one
+    /// whose `discoveryURL` or `certificateAuthority` changed, gets a new verifier whose
+    /// keys are loaded before anything switches. Nothing changes unless the whole file
+    /// applies. Removed and replaced verifiers are retired: their tokens get 401 and their
+    /// cached verdicts end at once.
+    pub async fn reload_rules(
         &self,
         reloaded: Result<Vec<kubegate_config::OidcIssuer>, kubegate_config::ConfigError>,
     ) -> Result<(), RulesReloadError> {
-        let result = self.apply_rules(reloaded);
+        let result = self.apply_rules(reloaded).await;
         let counter = match result {
             Ok(()) => &self.rules_reloads,
             Err(_) => &self.rules_reload_failures,
@@ -203,46 +239,88 @@ impl Authenticator {
         result
     }
 
-    fn apply_rules(
+    async fn apply_rules(
         &self,
         reloaded: Result<Vec<kubegate_config::OidcIssuer>, kubegate_config::ConfigError>,
     ) -> Result<(), RulesReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let from_file: Vec<_> = reloaded?
             .into_iter()
             .filter(|i| i.claim_rules.is_some())
             .collect();
-        let running: Vec<_> = self
-            .issuers
+        let running = self.issuers.load_full();
+        let (from_toml, running_file): (Vec<_>, Vec<_>) = running
             .iter()
-            .filter(|v| v.config().claim_rules.is_some())
-            .collect();
-        let mut matched = Vec::with_capacity(from_file.len());
+            .cloned()
+            .partition(|v| v.config().claim_rules.is_none());
+
+        // Decide each issuer of the file: keep its verifier, or build a new one.
+        let mut next_file = Vec::with_capacity(from_file.len());
+        let mut kept = Vec::new();
+        let mut built = Vec::new();
         for new in &from_file {
-            let Some(verifier) = running.iter().find(|v| v.issuer() == new.issuer) else {
-                return Err(RulesReloadError::NewIssuer {
-                    issuer: new.issuer.clone(),
-                    location: new.location.clone(),
-                });
-            };
-            let old = verifier.config();
-            if old.keys != new.keys
-                || old.certificate_authority_pem != new.certificate_authority_pem
-            {
-                return Err(RulesReloadError::KeySourceChanged {
+            if from_toml.iter().any(|v| v.issuer() == new.issuer) {
+                return Err(RulesReloadError::DuplicateIssuer {
                     issuer: new.issuer.clone(),
                     location: new.location.clone(),
                 });
             }
-            matched.push((verifier, new));
+            let old = running_file.iter().find(|v| v.issuer() == new.issuer);
+            match old {
+                Some(old) if same_key_source(old.config(), new) => {
+                    kept.push((old.clone(), new));
+                    next_file.push(old.clone());
+                }
+                _ => {
+                    let verifier = IssuerVerifier::new(new.clone()).map_err(|source| {
+                        RulesReloadError::Tls {
+                            issuer: new.issuer.clone(),
+                            location: new.location.clone(),
+                            source,
+                        }
+                    })?;
+                    let verifier = Arc::new(verifier);
+                    built.push(verifier.clone());
+                    next_file.push(verifier);
+                }
+            }
         }
-        for (verifier, new) in matched {
+
+        // Load the new verifiers' keys side by side (each fetch bounded by its timeout);
+        // one that fails refuses the whole file.
+        let loads = futures_util::future::join_all(built.iter().map(|v| v.refresh_keys())).await;
+        let mut first_loads = Vec::with_capacity(built.len());
+        for (verifier, load) in built.iter().zip(loads) {
+            match load {
+                Ok(max_age) => first_loads.push(max_age),
+                Err(source) => {
+                    return Err(RulesReloadError::Keys {
+                        issuer: verifier.issuer().to_string(),
+                        location: verifier.config().location.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+
+        // Everything validated and loaded: switch.
+        for (verifier, new) in kept {
             verifier.replace_rules(new);
         }
-        for verifier in running {
-            if !from_file.iter().any(|n| n.issuer == verifier.issuer()) {
-                verifier.retire();
+        let next: Vec<_> = from_toml.into_iter().chain(next_file).collect();
+        self.issuers.store(Arc::new(next.clone()));
+        for old in &running_file {
+            if !next.iter().any(|v| Arc::ptr_eq(v, old)) {
+                old.retire();
             }
         }
+        for (verifier, max_age) in built.into_iter().zip(first_loads) {
+            tracing::info!(issuer = verifier.issuer(), "issuer keys loaded");
+            // The verifier holds the handle: retiring it stops the task.
+            drop(keys::spawn_key_refresh(verifier, Some(max_age)));
+        }
+        self.cache
+            .retain_issuers(|id| next.iter().any(|v| v.id() == id));
         Ok(())
     }
 
@@ -256,9 +334,9 @@ impl Authenticator {
         self.rules_reload_failures.load(Ordering::Relaxed)
     }
 
-    /// The issuers, for key refresh and readiness.
-    pub fn issuers(&self) -> &[Arc<IssuerVerifier>] {
-        &self.issuers
+    /// The running issuers, for readiness (a snapshot: a reload may change them).
+    pub fn issuers(&self) -> Vec<Arc<IssuerVerifier>> {
+        self.issuers.load().as_ref().clone()
     }
 
     /// The identity when it costs no cryptography: the client certificate (when no token
@@ -278,8 +356,11 @@ impl Authenticator {
         if !self.cache.enabled() {
             return None;
         }
+        let issuers = self.issuers.load();
         self.cache
-            .get(&cache::digest_of(&token), |i| self.issuers[i].generation())
+            .get(&cache::digest_of(&token), |i| {
+                issuers.get(i).map(|v| (v.id(), v.generation()))
+            })
             .map(Ok)
     }
 
@@ -288,11 +369,15 @@ impl Authenticator {
         let token = presented_token(headers)?.ok_or(AuthError::MissingToken)?;
         let token = token.as_ref();
         let issuer = jwt::unverified_issuer(token)?;
+        // The verifier is taken out of the set (a reference count, no copy) so a reload
+        // during verification does not wait for it.
         let (index, verifier) = self
             .issuers
+            .load()
             .iter()
             .enumerate()
             .find(|(_, v)| v.issuer() == issuer)
+            .map(|(i, v)| (i, v.clone()))
             .ok_or(AuthError::UnknownIssuer)?;
         // Read before verifying: a key change during verification must void this verdict.
         let generation = verifier.generation();
@@ -303,8 +388,7 @@ impl Authenticator {
                 cache::digest_of(token),
                 identity.clone(),
                 verified.expires_at,
-                index,
-                generation,
+                (index, verifier.id(), generation),
             );
         }
         Ok(identity)
@@ -475,5 +559,201 @@ mod tests {
         assert_eq!(alice.user, "alice");
         assert_eq!(alice.groups, vec!["devs", "ops"]);
         assert!(certificate_identity(&cert("alice", &["system:masters"])).is_err());
+    }
+
+    /// Reloads of an `AuthenticationConfiguration` file: the issuer set swaps whole, new
+    /// issuers' keys load first, and nothing outlives its issuer in the token cache.
+    mod reload {
+        use super::super::mapping::tests::{Signer, jwks_file, signer, token};
+        use super::*;
+        use kubegate_config::OidcIssuer;
+        use serde_json::json;
+
+        /// One file issuer `url`, with username `<tag>:<sub>` and its keys from `s`.
+        fn file_issuer(url: &str, tag: &str, s: &Signer) -> OidcIssuer {
+            let yaml = format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: {url}\n    audiences: [kubegate]\n  claimMappings:\n    username:\n      expression: '\"{tag}:\" + claims.sub'\n"
+            );
+            let mut issuer = kubegate_config::parse_authentication_config(
+                std::path::Path::new("auth.yaml"),
+                &yaml,
+            )
+            .unwrap()
+            .remove(0);
+            issuer.keys = jwks_file(s, &issuer.location);
+            issuer
+        }
+
+        fn auth() -> kubegate_config::Auth {
+            kubegate_config::Auth {
+                oidc: Vec::new(),
+                authentication_config: None,
+                token_cache_ttl: std::time::Duration::from_secs(60),
+                token_cache_size: 100,
+            }
+        }
+
+        async fn authenticator(issuers: &[OidcIssuer]) -> Authenticator {
+            let mut verifiers = Vec::new();
+            for issuer in issuers {
+                let v = Arc::new(IssuerVerifier::new(issuer.clone()).unwrap());
+                v.refresh_keys().await.unwrap();
+                verifiers.push(v);
+            }
+            Authenticator::new(verifiers, &auth(), Vec::new())
+        }
+
+        fn bearer_of(s: &Signer, iss: &str) -> HeaderMap {
+            let t = token(s, json!({"iss": iss, "aud": "kubegate", "sub": "jane"}));
+            headers(&[&format!("Bearer {t}")])
+        }
+
+        async fn user(authn: &Authenticator, h: &HeaderMap) -> Result<String, AuthError> {
+            authn.authenticate(h, None).await.map(|i| i.user.clone())
+        }
+
+        const A: &str = "https://a.example";
+
+        /// An authenticator over the file issuer [`A`] alone, and a token of `A` it has
+        /// verified (and cached) once.
+        async fn started_with_a(s: &Signer) -> (Authenticator, HeaderMap) {
+            let authn = authenticator(&[file_issuer(A, "a", s)]).await;
+            let token_a = bearer_of(s, A);
+            assert_eq!(user(&authn, &token_a).await.unwrap(), "a:jane");
+            assert!(
+                authn.authenticate_cached(&token_a, None).is_some(),
+                "cached"
+            );
+            (authn, token_a)
+        }
+
+        /// Reloads applied and refused.
+        fn reloads(authn: &Authenticator) -> (u64, u64) {
+            (authn.rules_reloads(), authn.rules_reload_failures())
+        }
+
+        #[tokio::test]
+        async fn issuers_are_added_and_removed_and_a_removed_ones_cached_verdicts_end() {
+            let s = signer();
+            let (a, b) = ("https://a.example", "https://b.example");
+            let authn = authenticator(&[file_issuer(a, "a", &s)]).await;
+            let (token_a, token_b) = (bearer_of(&s, a), bearer_of(&s, b));
+            assert_eq!(user(&authn, &token_a).await.unwrap(), "a:jane");
+            assert!(
+                authn.authenticate_cached(&token_a, None).is_some(),
+                "cached"
+            );
+            assert_eq!(user(&authn, &token_b).await, Err(AuthError::UnknownIssuer));
+            let kept = authn.issuers()[0].clone();
+
+            // Add b: a keeps its verifier (and keys), b's keys load before the swap.
+            let both = vec![file_issuer(a, "a", &s), file_issuer(b, "b", &s)];
+            authn.reload_rules(Ok(both)).await.unwrap();
+            assert!(Arc::ptr_eq(&authn.issuers()[0], &kept));
+            assert!(authn.issuers()[1].has_keys());
+            assert_eq!(user(&authn, &token_b).await.unwrap(), "b:jane");
+
+            // Remove a: its token, cached a moment ago, is refused at once. (The reload
+            // gave a its rules anew, which ended its earlier verdict.)
+            assert!(authn.authenticate_cached(&token_a, None).is_none());
+            assert_eq!(user(&authn, &token_a).await.unwrap(), "a:jane");
+            assert!(authn.authenticate_cached(&token_a, None).is_some());
+            authn
+                .reload_rules(Ok(vec![file_issuer(b, "b", &s)]))
+                .await
+                .unwrap();
+            assert!(kept.is_retired());
+            assert!(authn.authenticate_cached(&token_a, None).is_none());
+            assert_eq!(user(&authn, &token_a).await, Err(AuthError::UnknownIssuer));
+            assert_eq!(user(&authn, &token_b).await.unwrap(), "b:jane");
+            assert_eq!(reloads(&authn), (2, 0));
+        }
+
+        #[tokio::test]
+        async fn a_new_issuer_without_keys_refuses_the_whole_file() {
+            let s = signer();
+            let (a, c) = (A, "https://c.example");
+            let (authn, token_a) = started_with_a(&s).await;
+            let before = authn.issuers();
+
+            let mut nowhere = file_issuer(c, "c", &s);
+            nowhere.keys = jwks_file(&s, &nowhere.location);
+            if let kubegate_config::KeySource::JwksFile(f) = &mut nowhere.keys {
+                f.value.set_file_name("missing.json");
+            }
+            // The file also changes a's mapping: that must not apply either.
+            let file = vec![file_issuer(a, "changed", &s), nowhere];
+            let e = authn.reload_rules(Ok(file)).await.unwrap_err();
+            assert!(
+                matches!(e, RulesReloadError::Keys { ref issuer, .. } if issuer == c),
+                "{e}"
+            );
+            let shown = e.to_string();
+            assert!(shown.contains("auth.yaml"), "located: {shown}");
+            assert!(shown.contains("cannot load its signing keys"), "{shown}");
+            assert!(shown.contains("missing.json"), "the reason: {shown}");
+
+            let after = authn.issuers();
+            assert_eq!(after.len(), 1);
+            assert!(Arc::ptr_eq(&after[0], &before[0]) && !after[0].is_retired());
+            assert!(authn.authenticate_cached(&token_a, None).is_some());
+            assert_eq!(user(&authn, &token_a).await.unwrap(), "a:jane");
+            assert_eq!(reloads(&authn), (0, 1));
+        }
+
+        #[tokio::test]
+        async fn a_changed_key_source_gets_a_new_verifier() {
+            let s = signer();
+            let a = A;
+            let (authn, token_a) = started_with_a(&s).await;
+            let old = authn.issuers()[0].clone();
+
+            // The same keys from another file: a new source, so a new verifier.
+            let mut moved = file_issuer(a, "a", &s);
+            if let kubegate_config::KeySource::JwksFile(f) = &mut moved.keys {
+                let copy = f.value.with_file_name("moved.json");
+                std::fs::copy(&f.value, &copy).unwrap();
+                f.value = copy;
+            }
+            authn.reload_rules(Ok(vec![moved])).await.unwrap();
+            let new = authn.issuers()[0].clone();
+            assert!(!Arc::ptr_eq(&old, &new));
+            assert!(old.is_retired() && !new.is_retired());
+            assert!(
+                authn.authenticate_cached(&token_a, None).is_none(),
+                "re-verified"
+            );
+            assert_eq!(user(&authn, &token_a).await.unwrap(), "a:jane");
+            assert_eq!(new.fetch_count(), 1);
+        }
+
+        #[tokio::test]
+        async fn toml_issuers_stay_and_may_not_be_named_by_the_file() {
+            let s = signer();
+            let (a, t) = (A, "https://t.example");
+            let mut toml = file_issuer(t, "t", &s);
+            toml.claim_rules = None;
+            toml.username_claim = "sub".into();
+            let authn = authenticator(&[toml.clone(), file_issuer(a, "a", &s)]).await;
+            let from_toml = authn.issuers()[0].clone();
+
+            // The file names the TOML's issuer: refused.
+            let e = authn
+                .reload_rules(Ok(vec![toml.clone(), file_issuer(t, "t", &s)]))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, RulesReloadError::DuplicateIssuer { .. }), "{e}");
+
+            // The file drops its only issuer's entry for another: the TOML one stays.
+            let b = "https://b.example";
+            authn
+                .reload_rules(Ok(vec![toml, file_issuer(b, "b", &s)]))
+                .await
+                .unwrap();
+            let now = authn.issuers();
+            assert_eq!(now.len(), 2);
+            assert!(Arc::ptr_eq(&now[0], &from_toml) && !from_toml.is_retired());
+            assert_eq!(user(&authn, &bearer_of(&s, t)).await.unwrap(), "jane");
+        }
     }
 }

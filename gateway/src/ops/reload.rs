@@ -1,5 +1,5 @@
 //! Reloading while the gateway runs: the policy, the listener's TLS certificate and key,
-//! and the `AuthenticationConfiguration` file's claim rules (each on a file change or
+//! and the `AuthenticationConfiguration` file's issuers (each on a file change or
 //! SIGHUP).
 //!
 //! A reload reads and validates everything first; only a value that validates replaces
@@ -66,11 +66,16 @@ impl Drop for Reloader {
 }
 
 impl Reloader {
-    fn start(
+    /// `reload` runs once per settled change; the next change waits for its future (an
+    /// `AuthenticationConfiguration` reload fetches new issuers' keys).
+    fn start<F>(
         files: &[&Path],
         sighup: bool,
-        mut reload: impl FnMut(Trigger) + Send + 'static,
-    ) -> notify::Result<Self> {
+        mut reload: impl FnMut(Trigger) -> F + Send + 'static,
+    ) -> notify::Result<Self>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::channel::<Trigger>(1);
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut names: Vec<OsString> = Vec::new();
@@ -128,7 +133,7 @@ impl Reloader {
             while let Some(trigger) = rx.recv().await {
                 tokio::time::sleep(SETTLE).await;
                 while rx.try_recv().is_ok() {}
-                reload(trigger);
+                reload(trigger).await;
             }
         });
         Ok(Reloader {
@@ -160,6 +165,7 @@ impl PolicyReloader {
                     error!(?trigger, error = %e, "policy reload failed; keeping the running policy");
                 }
             }
+            std::future::ready(())
         })?;
         Ok(PolicyReloader(reloader))
     }
@@ -180,18 +186,21 @@ impl CertReloader {
         let files = [cert.as_path(), key.as_path()];
         let reloader = Reloader::start(&files, sighup, {
             let (cert, key) = (cert.clone(), key.clone());
-            move |trigger| match load_certified_key(&cert, &key) {
-                Ok(pair) => {
-                    store.replace(pair);
-                    crate::ops::metrics::certificate_reload(true);
-                    info!(?trigger, cert = %cert.display(), "TLS certificate reloaded");
+            move |trigger| {
+                match load_certified_key(&cert, &key) {
+                    Ok(pair) => {
+                        store.replace(pair);
+                        crate::ops::metrics::certificate_reload(true);
+                        info!(?trigger, cert = %cert.display(), "TLS certificate reloaded");
+                    }
+                    Err(e) => {
+                        crate::ops::metrics::certificate_reload(false);
+                        // During a rotation the key may land a moment after the certificate;
+                        // the next event retries.
+                        error!(?trigger, error = %e, "TLS certificate reload failed; keeping the current pair");
+                    }
                 }
-                Err(e) => {
-                    crate::ops::metrics::certificate_reload(false);
-                    // During a rotation the key may land a moment after the certificate;
-                    // the next event retries.
-                    error!(?trigger, error = %e, "TLS certificate reload failed; keeping the current pair");
-                }
+                std::future::ready(())
             }
         })?;
         Ok(CertReloader(reloader))
@@ -199,9 +208,10 @@ impl CertReloader {
 }
 
 /// Watches the `AuthenticationConfiguration` file (and SIGHUP when asked): a file that
-/// validates, with the rest of the configuration, gives the issuers their new audiences
-/// and claim rules; a bad one is logged with its location and counted, and the running
-/// rules stay. Stops when dropped.
+/// validates, with the rest of the configuration, and whose new issuers' keys load,
+/// replaces the file's issuers (added, removed, changed: [`crate::authn::Authenticator::reload_rules`]);
+/// a bad one is logged with its location and counted, and the running issuers stay.
+/// Stops when dropped.
 pub struct AuthConfigReloader(#[allow(dead_code)] Reloader);
 
 impl AuthConfigReloader {
@@ -213,15 +223,18 @@ impl AuthConfigReloader {
         file: PathBuf,
         sighup: bool,
     ) -> notify::Result<Self> {
-        let reloader = Reloader::start(&[&file], sighup, {
-            let file = file.clone();
-            move |trigger| {
+        let file_shown = file.display().to_string();
+        let reloader = Reloader::start(&[&file], sighup, move |trigger| {
+            let gateway = gateway.clone();
+            let config = config.clone();
+            let file = file_shown.clone();
+            async move {
                 let reloaded = kubegate_config::load(&config).map(|c| c.auth.oidc);
-                let result = gateway.authn.reload_rules(reloaded);
+                let result = gateway.authn.reload_rules(reloaded).await;
                 crate::ops::metrics::authentication_config_reload(result.is_ok());
                 match result {
                     Ok(()) => {
-                        info!(?trigger, path = %file.display(), "authentication configuration reloaded")
+                        info!(?trigger, path = %file, "authentication configuration reloaded")
                     }
                     Err(e) => error!(
                         ?trigger,

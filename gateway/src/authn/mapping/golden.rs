@@ -86,8 +86,9 @@ fn the_annotated_example_as_published_does_not_load() {
     // kubegate does not take `egressSelectorType` (it has no egress selector).
     assert_eq!(
         load_error(published),
-        "auth.yaml:20:5: unknown field `egressSelectorType`, expected one of url, \
-         discoveryURL, certificateAuthority, audiences, audienceMatchPolicy"
+        "auth.yaml:20:25: jwt[0].issuer.egressSelectorType: kubegate reaches issuers \
+         directly, it has no egress selector; remove egressSelectorType from the file \
+         kubegate reads"
     );
     let without = |fields: &[&str]| -> String {
         published
