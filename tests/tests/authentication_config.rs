@@ -149,8 +149,8 @@ async fn the_authentication_config_is_reloaded_and_a_bad_file_keeps_the_running_
         "{metrics}"
     );
 
-    // A file naming another issuer instead: adding issuers takes a restart, so the whole
-    // file is refused and this issuer keeps its rules.
+    // A file naming another issuer instead, whose keys cannot be loaded: the whole file
+    // is refused and this issuer keeps its rules.
     std::fs::write(
         &file,
         changed.replace(&provider.issuer, "http://127.0.0.1:9"),
