@@ -237,7 +237,7 @@ async fn fetch(
 }
 
 /// Loads every issuer's keys at start-up (logging, not failing, on error: readiness
-/// reports it) and keeps them fresh in the background ([`spawn_key_refresh`]).
+/// reports it) and keeps them fresh in the background (`spawn_key_refresh`).
 pub async fn start_key_loading(issuers: &[Arc<IssuerVerifier>]) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for verifier in issuers {

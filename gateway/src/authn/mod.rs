@@ -7,7 +7,9 @@
 //! `iss` (read unverified only for that choice); the issuer's own key set, algorithm
 //! allow-list and audiences then decide. Failures are sorted into a few categories the
 //! client may see (expired, audience, signature, ...); the token itself never appears in
-//! an error, a log line or a `Debug` output.
+//! an error, a log line or a `Debug` output. A reload of the `AuthenticationConfiguration`
+//! file swaps in a whole new issuer set, only once every new issuer's keys have loaded
+//! ([`Authenticator::reload_rules`]).
 
 mod cache;
 mod jwks;
