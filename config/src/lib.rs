@@ -388,7 +388,7 @@ pub struct AuditWebhook {
     /// 5 minutes. Default 10 s (`--audit-webhook-initial-backoff`).
     pub initial_backoff: Duration,
     /// Retries of a failed POST before its records are counted as lost. Default 4 (five
-    /// attempts, as the API server's webhook client makes).
+    /// attempts in all).
     pub max_retries: u32,
     /// One POST's limit, from connecting to the end of the answer. Default 30 s.
     pub request_timeout: Duration,
