@@ -358,6 +358,54 @@ pub struct Audit {
     pub max_backups: usize,
     /// Records waiting for the writer before requests wait for it. Default 10,000.
     pub queue_size: usize,
+    /// Leave `user` and `impersonatedUser` (usernames, UIDs, groups, extra) out of every
+    /// record in every sink, for sites whose policy forbids keeping them in the trail.
+    /// Default false.
+    pub omit_user_info: bool,
+    /// The API server's webhook backend, to a SIEM or Falco; `None` without an
+    /// `[audit.webhook]` table.
+    pub webhook: Option<AuditWebhook>,
+}
+
+/// `[audit.webhook]`: batches of records POSTed as an `audit.k8s.io/v1` `EventList`, with
+/// the API server's `--audit-webhook-*` options and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditWebhook {
+    /// A kubeconfig-format file naming the receiver, as `--audit-webhook-config-file`
+    /// takes it: the current context's cluster (`server`, which must be https, and its
+    /// CA) and user (client certificate or bearer token). Read at start.
+    pub config_file: Setting<PathBuf>,
+    /// What a full buffer does. Default [`WebhookMode::Batch`].
+    pub mode: WebhookMode,
+    /// Most records in one POST. Default 400.
+    pub batch_max_size: usize,
+    /// How long a record waits for others to join its batch. Default 30 s.
+    pub batch_max_wait: Duration,
+    /// Records held while the receiver is slow or down (besides the batch being sent).
+    /// Default 10,000.
+    pub buffer_size: usize,
+    /// The wait before the first retry of a failed POST; each later wait doubles, up to
+    /// 5 minutes. Default 10 s (`--audit-webhook-initial-backoff`).
+    pub initial_backoff: Duration,
+    /// Retries of a failed POST before its records are counted as lost. Default 4 (five
+    /// attempts in all).
+    pub max_retries: u32,
+    /// One POST's limit, from connecting to the end of the answer. Default 30 s.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for the buffer to be delivered before counting the rest as
+    /// lost. Default 30 s.
+    pub flush_timeout: Duration,
+}
+
+/// The API server's `--audit-webhook-mode`, as far as kubegate can honour it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookMode {
+    /// A full buffer drops the record, counted and logged: requests never wait for the
+    /// receiver.
+    Batch,
+    /// A full buffer makes the request wait for room: nothing is dropped for lack of
+    /// space, and a receiver that is down slows requests once the buffer is full.
+    Blocking,
 }
 
 impl Default for Audit {
@@ -369,6 +417,8 @@ impl Default for Audit {
             max_file_size: 100 * 1024 * 1024,
             max_backups: 5,
             queue_size: 10_000,
+            omit_user_info: false,
+            webhook: None,
         }
     }
 }

@@ -117,4 +117,21 @@ pub(crate) struct RawAudit {
     pub(crate) max_file_size: Option<Spanned<u64>>,
     pub(crate) max_backups: Option<Spanned<usize>>,
     pub(crate) queue_size: Option<Spanned<usize>>,
+    pub(crate) omit_user_info: Option<Spanned<bool>>,
+    pub(crate) webhook: Option<Spanned<RawAuditWebhook>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuditWebhook {
+    pub(crate) config_file: Spanned<String>,
+    pub(crate) mode: Option<Spanned<String>>,
+    // Any TOML integer, so a negative or huge one gets our message, not serde's.
+    pub(crate) batch_max_size: Option<Spanned<i64>>,
+    pub(crate) batch_max_wait: Option<Spanned<String>>,
+    pub(crate) buffer_size: Option<Spanned<i64>>,
+    pub(crate) initial_backoff: Option<Spanned<String>>,
+    pub(crate) max_retries: Option<Spanned<i64>>,
+    pub(crate) request_timeout: Option<Spanned<String>>,
+    pub(crate) flush_timeout: Option<Spanned<String>>,
 }

@@ -531,11 +531,20 @@ impl Validator<'_> {
         let raw = raw.into_inner();
         let defaults = crate::Audit::default();
         let file = raw.file.as_ref().map(|f| self.base.join(f.get_ref()));
-        // A file was named: stdout only if asked for as well.
-        let stdout = raw.stdout.as_ref().map_or(file.is_none(), |b| *b.get_ref());
-        if !stdout && file.is_none() {
-            return Err(location
-                .error("audit records must go somewhere: set file = \"<path>\" or stdout = true"));
+        let webhook = raw
+            .webhook
+            .as_ref()
+            .map(|w| self.audit_webhook(w))
+            .transpose()?;
+        // A file or a webhook was named: stdout only if asked for as well.
+        let stdout = raw
+            .stdout
+            .as_ref()
+            .map_or(file.is_none() && webhook.is_none(), |b| *b.get_ref());
+        if !stdout && file.is_none() && webhook.is_none() {
+            return Err(location.error(
+                "audit records must go somewhere: set file = \"<path>\", stdout = true or an [audit.webhook]",
+            ));
         }
         if let Some(f) = &raw.file
             && let Some(parent) = self.base.join(f.get_ref()).parent()
@@ -565,6 +574,103 @@ impl Validator<'_> {
             max_file_size,
             max_backups: positive(&raw.max_backups, "audit.max_backups", defaults.max_backups)?,
             queue_size: positive(&raw.queue_size, "audit.queue_size", defaults.queue_size)?,
+            omit_user_info: raw.omit_user_info.is_some_and(|b| *b.get_ref()),
+            webhook,
+        })
+    }
+
+    fn audit_webhook(
+        &self,
+        raw: &Spanned<crate::raw::RawAuditWebhook>,
+    ) -> Result<crate::AuditWebhook, ConfigError> {
+        const MINUTE: Duration = Duration::from_secs(60);
+        let raw = raw.get_ref();
+        let mode = match &raw.mode {
+            None => crate::WebhookMode::Batch,
+            Some(m) => match m.get_ref().as_str() {
+                "batch" => crate::WebhookMode::Batch,
+                "blocking" => crate::WebhookMode::Blocking,
+                "blocking-strict" => {
+                    return Err(self.err(
+                        m,
+                        "audit.webhook.mode",
+                        "blocking-strict is not supported: the API server fails a request whose \
+                         RequestReceived record cannot be written, and kubegate writes no \
+                         RequestReceived stage; use \"blocking\" (a full buffer makes requests wait)",
+                    ));
+                }
+                _ => {
+                    return Err(self.err(
+                        m,
+                        "audit.webhook.mode",
+                        "must be \"batch\" or \"blocking\"",
+                    ));
+                }
+            },
+        };
+        let count = |n: &Option<Spanned<i64>>, field: &str, min: i64, max: i64, default: i64| {
+            let Some(n) = n else { return Ok(default) };
+            let v = *n.get_ref();
+            if (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(self.err(n, field, format!("must be from {min} to {max}")))
+            }
+        };
+        let duration = |d: &Option<Spanned<String>>, field: &str, max: Duration, default| {
+            let value = self.duration(d.as_ref(), field, default)?;
+            match d {
+                Some(d) if value > max => Err(self.err(
+                    d,
+                    field,
+                    format!("must be at most {}", humantime::format_duration(max)),
+                )),
+                _ => Ok(value),
+            }
+        };
+        // The bounds keep a batch's body, the buffer's memory and shutdown's wait sane.
+        Ok(crate::AuditWebhook {
+            config_file: self.readable_file(&raw.config_file, "audit.webhook.config_file")?,
+            mode,
+            batch_max_size: count(
+                &raw.batch_max_size,
+                "audit.webhook.batch_max_size",
+                1,
+                10_000,
+                400,
+            )? as usize,
+            batch_max_wait: duration(
+                &raw.batch_max_wait,
+                "audit.webhook.batch_max_wait",
+                10 * MINUTE,
+                Duration::from_secs(30),
+            )?,
+            buffer_size: count(
+                &raw.buffer_size,
+                "audit.webhook.buffer_size",
+                1,
+                1_000_000,
+                10_000,
+            )? as usize,
+            initial_backoff: duration(
+                &raw.initial_backoff,
+                "audit.webhook.initial_backoff",
+                5 * MINUTE,
+                Duration::from_secs(10),
+            )?,
+            max_retries: count(&raw.max_retries, "audit.webhook.max_retries", 0, 20, 4)? as u32,
+            request_timeout: duration(
+                &raw.request_timeout,
+                "audit.webhook.request_timeout",
+                10 * MINUTE,
+                Duration::from_secs(30),
+            )?,
+            flush_timeout: duration(
+                &raw.flush_timeout,
+                "audit.webhook.flush_timeout",
+                10 * MINUTE,
+                Duration::from_secs(30),
+            )?,
         })
     }
 
@@ -869,6 +975,110 @@ algorithms = ["RS256", "ES256"]
             .parse(&format!("{GOOD}\n[audit]\nfile = \"nope/audit.log\"\n"))
             .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("audit.file"));
+    }
+
+    #[test]
+    fn an_audit_webhook_has_the_api_servers_defaults_and_bounded_options() {
+        let d = Dir::new();
+        std::fs::write(d.0.path().join("webhook.kubeconfig"), "apiVersion: v1\n").unwrap();
+        let table = "[audit]\nomit_user_info = true\n[audit.webhook]\nconfig_file = \"webhook.kubeconfig\"\n";
+        let c = d.parse(&format!("{GOOD}\n{table}")).unwrap();
+        assert!(c.audit.omit_user_info);
+        // A webhook alone is a sink: stdout only if asked for.
+        assert!(!c.audit.stdout && c.audit.file.is_none());
+        let w = c.audit.webhook.unwrap();
+        assert_eq!(w.config_file.value, d.0.path().join("webhook.kubeconfig"));
+        assert_eq!(w.mode, crate::WebhookMode::Batch);
+        assert_eq!(
+            (w.batch_max_size, w.buffer_size, w.max_retries),
+            (400, 10_000, 4)
+        );
+        assert_eq!(w.batch_max_wait, Duration::from_secs(30));
+        assert_eq!(w.initial_backoff, Duration::from_secs(10));
+        assert_eq!(w.request_timeout, Duration::from_secs(30));
+        assert_eq!(w.flush_timeout, Duration::from_secs(30));
+        assert!(!d.parse(GOOD).unwrap().audit.omit_user_info);
+
+        let with = |line: &str| d.parse(&format!("{GOOD}\n{table}{line}\n"));
+        let c = with("mode = \"blocking\"\nbatch_max_size = 1\ninitial_backoff = \"5ms\"").unwrap();
+        let w = c.audit.webhook.unwrap();
+        assert_eq!(w.mode, crate::WebhookMode::Blocking);
+        assert_eq!(w.batch_max_size, 1);
+        assert_eq!(w.initial_backoff, Duration::from_millis(5));
+        for (line, field, message) in [
+            (
+                "mode = \"blocking-strict\"",
+                "audit.webhook.mode",
+                "not supported",
+            ),
+            (
+                "mode = \"fast\"",
+                "audit.webhook.mode",
+                "\"batch\" or \"blocking\"",
+            ),
+            (
+                "batch_max_size = 0",
+                "audit.webhook.batch_max_size",
+                "from 1 to 10000",
+            ),
+            (
+                "batch_max_size = -1",
+                "audit.webhook.batch_max_size",
+                "from 1 to 10000",
+            ),
+            (
+                "buffer_size = 0",
+                "audit.webhook.buffer_size",
+                "from 1 to 1000000",
+            ),
+            (
+                "buffer_size = 99999999999",
+                "audit.webhook.buffer_size",
+                "from 1 to 1000000",
+            ),
+            (
+                "max_retries = 21",
+                "audit.webhook.max_retries",
+                "from 0 to 20",
+            ),
+            (
+                "batch_max_wait = \"0s\"",
+                "audit.webhook.batch_max_wait",
+                "greater than zero",
+            ),
+            (
+                "initial_backoff = \"1h\"",
+                "audit.webhook.initial_backoff",
+                "at most 5m",
+            ),
+            (
+                "request_timeout = \"soon\"",
+                "audit.webhook.request_timeout",
+                "not a duration",
+            ),
+            (
+                "flush_timeout = \"1d\"",
+                "audit.webhook.flush_timeout",
+                "at most 10m",
+            ),
+            (
+                "url = \"https://siem\"",
+                "audit.webhook.url",
+                "unknown field",
+            ),
+        ] {
+            let e = with(line).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{line}: {e}");
+            assert!(e.message.contains(message), "{line}: {e}");
+        }
+        let e = d
+            .parse(&format!(
+                "{GOOD}\n[audit.webhook]\nconfig_file = \"missing.kubeconfig\"\n"
+            ))
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("audit.webhook.config_file"), "{e}");
+        let e = d.parse(&format!("{GOOD}\n[audit.webhook]\n")).unwrap_err();
+        assert!(e.message.contains("config_file"), "{e}");
     }
 
     #[test]

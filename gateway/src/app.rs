@@ -66,7 +66,7 @@ pub struct Prepared {
 }
 
 /// Validates everything the configuration points at without starting anything:
-/// the policy, the TLS pair, the JWKS files and the kubeconfig.
+/// the policy, the TLS pair, the JWKS files, the kubeconfig and the audit webhook's.
 pub async fn check(config: &Config) -> Result<CheckSummary, StartError> {
     let (policy, warnings) = load_policy(&config.policy.value)?;
     let tls = &config.listen;
@@ -87,6 +87,7 @@ pub async fn check(config: &Config) -> Result<CheckSummary, StartError> {
     Upstream::load(&config.upstream)
         .await
         .map_err(|e| config.upstream.location.error(e.to_string()))?;
+    crate::audit::webhook::load(&config.audit).await?;
     Ok(CheckSummary {
         rules: policy.rule_count(),
         issuers: config.auth.oidc.len(),
@@ -157,7 +158,8 @@ pub async fn prepare_in(
         .collect::<Result<Vec<_>, _>>()?;
     let key_tasks = start_key_loading(&issuers).await;
 
-    let audit = crate::audit::AuditLog::start(config.audit.clone())
+    let webhook = crate::audit::webhook::load(&config.audit).await?;
+    let audit = crate::audit::AuditLog::start_with_webhook(config.audit.clone(), webhook)
         .map_err(|e| StartError::Runtime(format!("cannot open the audit log: {e}")))?;
 
     let gateway = Gateway {

@@ -2,6 +2,7 @@
 //! `Metadata`, its audit ID, and its wire form (field names, omitted empties, RFC 3339
 //! timestamps with microseconds), so kubegate's records read like the API server's.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -226,8 +227,12 @@ struct WireEvent<'a> {
     request_received: Timestamp,
     #[serde(rename = "stageTimestamp")]
     stage_time: Timestamp,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "is_empty_map")]
+    annotations: Cow<'a, BTreeMap<String, String>>,
+}
+
+fn is_empty_map(map: &BTreeMap<String, String>) -> bool {
+    map.is_empty()
 }
 
 #[derive(Serialize)]
@@ -242,6 +247,24 @@ struct EmptyObject {}
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.wire(false).serialize(serializer)
+    }
+}
+
+impl Event {
+    /// The wire form; with `omit_user_info`, without `user` and `impersonatedUser`, and
+    /// a summary's `user:<name>` key cut to `user`.
+    fn wire(&self, omit_user_info: bool) -> WireEvent<'_> {
+        let mut annotations = Cow::Borrowed(&self.annotations);
+        if omit_user_info
+            && let Some(key) = self.annotations.get(super::summary::SUMMARY_KEY)
+            && let Some((kind, _name)) = key.split_once(':')
+            && kind == "user"
+        {
+            annotations
+                .to_mut()
+                .insert(super::summary::SUMMARY_KEY.into(), kind.into());
+        }
         WireEvent {
             kind: "Event",
             api_version: "audit.k8s.io/v1",
@@ -250,8 +273,12 @@ impl Serialize for Event {
             stage: self.stage,
             request_uri: &self.request_uri,
             verb: &self.verb,
-            user: self.user.as_deref().map(UserInfo::from),
-            impersonated_user: self.impersonated_user.as_deref().map(UserInfo::from),
+            user: (!omit_user_info)
+                .then(|| self.user.as_deref().map(UserInfo::from))
+                .flatten(),
+            impersonated_user: (!omit_user_info)
+                .then(|| self.impersonated_user.as_deref().map(UserInfo::from))
+                .flatten(),
             source_ips: &self.source_ips,
             user_agent: self.user_agent.as_deref().filter(|ua| !ua.is_empty()),
             object_ref: self.object_ref.as_ref(),
@@ -261,16 +288,20 @@ impl Serialize for Event {
             },
             request_received: Timestamp(self.request_received),
             stage_time: Timestamp(self.stage_time),
-            annotations: &self.annotations,
+            annotations,
         }
-        .serialize(serializer)
     }
-}
 
-impl Event {
     /// The event as one JSON object followed by `\n`.
+    #[cfg(test)]
     pub(super) fn to_line(&self) -> serde_json::Result<Vec<u8>> {
-        let mut line = serde_json::to_vec(self)?;
+        self.line(false)
+    }
+
+    /// [`to_line`](Self::to_line), leaving out who made the request when
+    /// `omit_user_info` (`[audit] omit_user_info`).
+    pub(super) fn line(&self, omit_user_info: bool) -> serde_json::Result<Vec<u8>> {
+        let mut line = serde_json::to_vec(&self.wire(omit_user_info))?;
         line.push(b'\n');
         Ok(line)
     }

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use kubegate_config::Audit;
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -37,6 +38,7 @@ mod event;
 mod file;
 pub mod record;
 pub mod summary;
+pub mod webhook;
 
 use event::Timestamp;
 pub use event::{AuditId, Event, ObjectRef, Stage};
@@ -65,6 +67,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(RECORDS_LOST, "Audit records that could not be written.");
     summary::describe_metrics();
+    webhook::describe_metrics();
 }
 
 /// Records per write: the writer drains at most this many queued records into one buffer.
@@ -101,6 +104,10 @@ struct Inner {
     done: watch::Receiver<Option<Outcome>>,
     /// Open windows of refusals being counted (summary.rs).
     summaries: summary::Summaries,
+    /// The `[audit.webhook]` sink, fed alongside the writer.
+    webhook: Option<webhook::Sink>,
+    /// Serialize records without `user` and `impersonatedUser`.
+    omit_user_info: bool,
 }
 
 #[derive(Default)]
@@ -112,7 +119,7 @@ struct Counts {
 }
 
 enum Msg {
-    Record(Vec<u8>),
+    Record(Bytes),
     Close,
 }
 
@@ -136,14 +143,28 @@ impl AuditLog {
     /// the writer task on the current tokio runtime.
     ///
     /// Fails when called outside a runtime, when no sink is configured, when
-    /// `queue_size` is 0, or when the file cannot be opened.
+    /// `queue_size` is 0, when the file cannot be opened, or when the configuration has a
+    /// webhook (see [`start_with_webhook`](Self::start_with_webhook)).
     pub fn start(config: Audit) -> io::Result<AuditLog> {
-        Self::start_gated(config, None)
+        Self::start_gated(config, None, None)
+    }
+
+    /// `start`, with the client of the configuration's `[audit.webhook]`
+    /// ([`webhook::load`], which reads its kubeconfig file asynchronously).
+    pub fn start_with_webhook(
+        config: Audit,
+        webhook: Option<webhook::Client>,
+    ) -> io::Result<AuditLog> {
+        Self::start_gated(config, webhook, None)
     }
 
     /// `start` with an optional gate the writer takes one permit from before each batch
     /// (tests stall the writer with it).
-    fn start_gated(config: Audit, gate: Option<Arc<Semaphore>>) -> io::Result<AuditLog> {
+    fn start_gated(
+        config: Audit,
+        webhook: Option<webhook::Client>,
+        gate: Option<Arc<Semaphore>>,
+    ) -> io::Result<AuditLog> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             io::Error::other(format!(
                 "the audit log must be started inside a tokio runtime: {e}"
@@ -155,12 +176,30 @@ impl AuditLog {
                 "audit queue size must be at least 1",
             ));
         }
-        if !config.stdout && config.file.is_none() {
+        if !config.stdout && config.file.is_none() && config.webhook.is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the audit log needs a sink: stdout, a file, or both",
+                "the audit log needs a sink: stdout, a file or a webhook",
             ));
         }
+        let webhook = match (&config.webhook, webhook) {
+            (Some(settings), Some(client)) => {
+                Some(webhook::Sink::start(client, settings, &runtime))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the audit webhook is configured but its client was not loaded",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an audit webhook client was given without [audit.webhook]",
+                ));
+            }
+        };
         let file = match config.file {
             Some(path) => {
                 let sink = FileSink::open(path.clone(), config.max_file_size, config.max_backups)
@@ -194,6 +233,8 @@ impl AuditLog {
             counts,
             done: done_rx,
             summaries: summary::Summaries::new(summary::WINDOW, summary::MAX_KEYS),
+            webhook,
+            omit_user_info: config.omit_user_info,
         });
         inner.runtime.spawn(summary::sweep_periodically(
             Arc::downgrade(&inner),
@@ -202,8 +243,10 @@ impl AuditLog {
         Ok(AuditLog { inner })
     }
 
-    /// Serializes `event` here and queues it for the writer. When the queue is full this
-    /// waits for space: records are never dropped to keep up.
+    /// Serializes `event` here and queues it for the writer, then for the webhook. When
+    /// the writer's queue is full this waits for space: records are never dropped to keep
+    /// up. A full webhook buffer drops the record (batch mode, counted) or waits too
+    /// (blocking mode).
     ///
     /// After [`close`](Self::close) (on any clone) the record is refused: an error is
     /// logged and it is counted as lost. If this future is dropped before the record was
@@ -211,8 +254,8 @@ impl AuditLog {
     /// it from a task that runs to completion.
     pub async fn record(&self, event: &Event) {
         let inner = &*self.inner;
-        let line = match event.to_line() {
-            Ok(line) => line,
+        let line = match event.line(inner.omit_user_info) {
+            Ok(line) => Bytes::from(line),
             Err(e) => {
                 inner.counts.lost.fetch_add(1, Ordering::AcqRel);
                 counter!(RECORDS_LOST).increment(1);
@@ -225,9 +268,14 @@ impl AuditLog {
             pending.reason = CLOSED;
             return;
         }
+        let for_webhook = inner.webhook.as_ref().map(|w| (w, line.clone()));
         match inner.tx.send(Msg::Record(line)).await {
             Ok(()) => pending.queued = true,
             Err(_) => pending.reason = CLOSED,
+        }
+        drop(pending);
+        if let Some((webhook, line)) = for_webhook {
+            webhook.offer(line, &event.audit_id).await;
         }
     }
 
@@ -261,13 +309,26 @@ impl AuditLog {
             Ok(outcome) => outcome.clone(),
             Err(_) => None,
         };
-        match outcome {
-            Some(Ok(())) => Ok(()),
-            Some(Err((kind, message))) => Err(io::Error::new(kind, message)),
-            None => Err(io::Error::other(
+        let webhook = match &self.inner.webhook {
+            Some(webhook) => webhook.close().await,
+            None => Ok(()),
+        };
+        match (outcome, webhook) {
+            (Some(Ok(())), Ok(())) => Ok(()),
+            (Some(Ok(())), Err(lost)) => Err(io::Error::other(lost)),
+            (Some(Err((kind, message))), Ok(())) => Err(io::Error::new(kind, message)),
+            (Some(Err((kind, message))), Err(lost)) => {
+                Err(io::Error::new(kind, format!("{message}; {lost}")))
+            }
+            (None, _) => Err(io::Error::other(
                 "the audit writer stopped before finishing",
             )),
         }
+    }
+
+    /// What the webhook sink has done so far, when one is configured.
+    pub fn webhook_stats(&self) -> Option<webhook::WebhookStats> {
+        self.inner.webhook.as_ref().map(webhook::Sink::stats)
     }
 
     /// Whether `close` has begun on some clone.
@@ -645,6 +706,7 @@ mod tests {
             max_file_size: 0,
             max_backups: 0,
             queue_size,
+            ..Audit::default()
         }
     }
 
@@ -1035,7 +1097,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let gate = Arc::new(Semaphore::new(0));
-        let log = AuditLog::start_gated(config(&path, 1), Some(gate.clone())).unwrap();
+        let log = AuditLog::start_gated(config(&path, 1), None, Some(gate.clone())).unwrap();
         let pending = |log: &AuditLog| log.inner.counts.pending.load(Ordering::Acquire);
 
         // The writer is stalled: the first record takes the only queue slot...
@@ -1073,7 +1135,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let gate = Arc::new(Semaphore::new(0));
-        let log = AuditLog::start_gated(config(&path, 1), Some(gate.clone())).unwrap();
+        let log = AuditLog::start_gated(config(&path, 1), None, Some(gate.clone())).unwrap();
         log.record(&numbered(0)).await;
         let second = numbered(1);
         let mut waiting = Box::pin(log.record(&second));
@@ -1181,6 +1243,47 @@ mod tests {
         send(&log.record(&event));
         send(&log.record_refusal(SummaryKey::Address("192.0.2.1".into()), &event));
         send(&log.clone().close());
+    }
+
+    #[tokio::test]
+    async fn omit_user_info_leaves_every_identity_out_of_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(Audit {
+            omit_user_info: true,
+            ..config(&path, 8)
+        })
+        .unwrap();
+        log.record(&full_event()).await;
+        // A refusal of a verified user opens a window keyed by the username; the second
+        // is counted into its summary.
+        let mut refusal = minimal_event();
+        refusal.user = full_event().user;
+        let mut second = refusal.clone();
+        second.audit_id = AuditId::new();
+        for event in [&refusal, &second] {
+            log.record_refusal(SummaryKey::User("alice".into()), event)
+                .await;
+        }
+        log.close().await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records = lines(&path);
+        assert_eq!(records.len(), 3, "{text}");
+        for record in &records {
+            assert!(record.get("user").is_none(), "{record}");
+            assert!(record.get("impersonatedUser").is_none(), "{record}");
+        }
+        assert_eq!(records[2]["annotations"][summary::SUMMARY_KEY], "user");
+        for name in ["alice", "\"ops\"", "u-1", "scopes"] {
+            assert!(!text.contains(name), "{name} in {text}");
+        }
+        // Everything else is kept.
+        assert_eq!(records[0]["auditID"], full_event().audit_id.as_str());
+        assert_eq!(records[0]["annotations"]["kubegate.io/rule"], "devs-read");
+        // Without the option the same event names them.
+        let plain = String::from_utf8(full_event().to_line().unwrap()).unwrap();
+        assert!(plain.contains("\"username\":\"alice\""), "{plain}");
+        assert!(plain.contains("impersonatedUser"), "{plain}");
     }
 
     #[test]
