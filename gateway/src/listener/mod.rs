@@ -195,9 +195,16 @@ impl Drop for AddressSlot {
 
 /// What the idle watchdog of one connection knows: how many requests are in flight and,
 /// when none is, by when the next one must arrive.
+///
+/// The watchdog's timer is not re-armed per request: on a keep-alive connection every
+/// request moves the deadline later, so the timer stays where it is and, when it fires
+/// early, is set to the deadline then in force. Only a deadline that moved earlier (the
+/// first request ending sooner than `header_read_timeout` would, or a request ending
+/// while the watchdog waits for one) wakes it. A timer re-armed per request cost a wake
+/// and two timer-wheel operations on every request.
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Signalled when the last request in flight ends (the deadline has moved).
+    /// Signalled when the watchdog must look again (see [`Activity`]).
     idle: Notify,
 }
 
@@ -208,6 +215,8 @@ struct ActivityState {
     deadline: Instant,
     /// How long the connection may idle after its last request ends.
     idle_timeout: Duration,
+    /// When the watchdog's timer fires; `None` while it waits for the requests in flight.
+    armed: Option<Instant>,
 }
 
 /// Why a connection's watchdog ended it.
@@ -226,6 +235,7 @@ impl Activity {
                 served: false,
                 deadline: first_request_by,
                 idle_timeout,
+                armed: None,
             }),
             idle: Notify::new(),
         }
@@ -244,6 +254,7 @@ impl Activity {
     }
 
     /// From now on an idle connection is dropped after `drain` instead of the idle timeout.
+    /// Takes effect for the next [`Activity::expired`].
     fn draining(&self, drain: Duration) {
         let mut state = self.lock();
         state.idle_timeout = drain;
@@ -252,25 +263,35 @@ impl Activity {
 
     /// Resolves once no request has been in flight until the connection's deadline.
     async fn expired(&self) -> Expired {
+        let mut timer = pin!(tokio::time::sleep_until(self.lock().deadline));
         loop {
-            let (busy, deadline, served) = {
-                let state = self.lock();
-                (state.in_flight > 0, state.deadline, state.served)
+            // Created before the state is read, so a wake in between is not lost.
+            let notified = self.idle.notified();
+            let busy = {
+                let mut state = self.lock();
+                if state.in_flight > 0 {
+                    state.armed = None;
+                    true
+                } else if Instant::now() >= state.deadline {
+                    return if state.served {
+                        Expired::Idle
+                    } else {
+                        Expired::NoRequest
+                    };
+                } else {
+                    if timer.is_elapsed() || state.deadline < timer.deadline() {
+                        timer.as_mut().reset(state.deadline);
+                    }
+                    state.armed = Some(timer.deadline());
+                    false
+                }
             };
             if busy {
-                self.idle.notified().await;
-            } else if Instant::now() >= deadline {
-                return if served {
-                    Expired::Idle
-                } else {
-                    Expired::NoRequest
-                };
+                notified.await;
             } else {
-                // A request that starts and ends meanwhile moves the deadline, maybe
-                // closer (the idle timeout can be shorter than the first request's).
                 tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => {}
-                    () = self.idle.notified() => {}
+                    () = timer.as_mut() => {}
+                    () = notified => {}
                 }
             }
         }
@@ -285,9 +306,13 @@ impl Drop for Busy {
         let mut state = self.0.lock();
         state.in_flight -= 1;
         if state.in_flight == 0 {
-            state.deadline = Instant::now() + state.idle_timeout;
+            let deadline = Instant::now() + state.idle_timeout;
+            state.deadline = deadline;
+            let look_again = state.armed.is_none_or(|armed| deadline < armed);
             drop(state);
-            self.0.idle.notify_one();
+            if look_again {
+                self.0.idle.notify_one();
+            }
         }
     }
 }
@@ -665,5 +690,92 @@ mod tests {
             table.open.lock().unwrap().is_empty(),
             "no entry outlives its connections"
         );
+    }
+
+    /// When `activity`'s watchdog ends the connection, measured from now (paused time), or
+    /// `None` if it has not within `horizon`, while `during` runs beside it.
+    async fn expires_after(
+        activity: &Arc<Activity>,
+        horizon: Duration,
+        during: impl Future<Output = ()>,
+    ) -> Option<(Duration, bool)> {
+        let start = Instant::now();
+        let watchdog = async {
+            let expired = activity.expired().await;
+            (start.elapsed(), matches!(expired, Expired::Idle))
+        };
+        tokio::select! {
+            ended = watchdog => Some(ended),
+            () = async { during.await; tokio::time::sleep(horizon).await } => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_ends_at_the_first_request_deadline() {
+        let activity = Arc::new(Activity::new(
+            Instant::now() + Duration::from_secs(10),
+            Duration::from_secs(60),
+        ));
+        let ended = expires_after(&activity, Duration::from_secs(30), async {}).await;
+        assert_eq!(ended, Some((Duration::from_secs(10), false)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_requests_keep_moving_the_idle_deadline() {
+        let activity = Arc::new(Activity::new(
+            Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        ));
+        // A request every 600 ms for 6 s, each taking 100 ms: never idle for 1 s, although
+        // the timer first armed (at 1 s) fires while requests keep coming.
+        let traffic = async {
+            for _ in 0..10 {
+                let busy = activity.start();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(busy);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let ended = expires_after(&activity, Duration::ZERO, traffic).await;
+        assert_eq!(ended, None, "closed while requests kept coming");
+        // Then quiet: idle one second after the last request ended (6 s - 500 ms).
+        let ended = expires_after(&activity, Duration::from_secs(30), async {}).await;
+        assert_eq!(ended, Some((Duration::from_millis(500), true)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_idle_timeout_after_the_first_request_wins_over_the_header_deadline() {
+        let activity = Arc::new(Activity::new(
+            Instant::now() + Duration::from_secs(6),
+            Duration::from_secs(1),
+        ));
+        let one_request = async {
+            let busy = activity.start();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(busy);
+        };
+        // The watchdog armed for 6 s; the request's end moves the deadline to 1.2 s.
+        let ended = expires_after(&activity, Duration::from_secs(30), one_request).await;
+        assert_eq!(ended, Some((Duration::from_millis(1200), true)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_holds_the_connection_past_every_deadline() {
+        let activity = Arc::new(Activity::new(
+            Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(2),
+        ));
+        let busy = activity.start();
+        let long = async {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+        };
+        assert_eq!(
+            expires_after(&activity, Duration::ZERO, long).await,
+            None,
+            "a request in flight is never idle"
+        );
+        drop(busy);
+        let ended = expires_after(&activity, Duration::from_secs(30), async {}).await;
+        assert_eq!(ended, Some((Duration::from_secs(2), true)));
     }
 }
