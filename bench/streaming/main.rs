@@ -32,7 +32,9 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kubegate_sandbox::{Sandbox, SandboxOptions};
-use kubegate_tests::{AUDIENCE, ISSUER, TestIssuer, TestPki, collect, https_client, write};
+use kubegate_tests::{
+    TestConfig, TestIssuer, TestPki, collect, https_client, test_issuer_toml, write,
+};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -157,37 +159,22 @@ impl Bench {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let config = format!(
-            r#"
-policy = "policy.toml"
-[listen]
-address = "127.0.0.1"
-port = {port}
-tls_cert = "tls.crt"
-tls_key = "tls.key"
-[upstream]
-kubeconfig = "upstream.kubeconfig"
-timeout = "30s"
-[[auth.oidc]]
-issuer = "{ISSUER}"
-audiences = ["{AUDIENCE}"]
-jwks_file = "jwks.json"
-algorithms = ["RS256"]
-{limits}
-"#,
-            // The production caps (8192 connections, 256 per address, 128 streams per
-            // identity, a burst of 100 requests) would refuse 10,000 watches from one user on
-            // loopback: raised, since what is measured here is the cost of the streams, not
-            // the caps.
-            limits = std::env::var("BENCH_LIMITS_TOML").unwrap_or_else(|_| {
-                "[limits]\nmax_connections = 30000\nmax_connections_per_address = 30000\n\
-                 max_streams = 30000\n\
-                 max_streams_per_user = 30000\nmax_in_flight = 30000\n\
-                 max_in_flight_per_user = 30000\nrequests_per_second = 100000\n\
-                 burst = 100000\n"
-                    .to_string()
-            }),
-        );
+        let mut config = TestConfig::new("kubeconfig = \"upstream.kubeconfig\"");
+        config.port = port;
+        config.upstream_timeout = Duration::from_secs(30);
+        config.oidc = test_issuer_toml(&["RS256"]);
+        // The production caps (8192 connections, 256 per address, 128 streams per identity,
+        // a burst of 100 requests) would refuse 10,000 watches from one user on loopback:
+        // raised, since what is measured here is the cost of the streams, not the caps.
+        let limits = std::env::var("BENCH_LIMITS_TOML").unwrap_or_else(|_| {
+            "[limits]\nmax_connections = 30000\nmax_connections_per_address = 30000\n\
+             max_streams = 30000\n\
+             max_streams_per_user = 30000\nmax_in_flight = 30000\n\
+             max_in_flight_per_user = 30000\nrequests_per_second = 100000\n\
+             burst = 100000\n"
+                .to_string()
+        });
+        let config = config.render() + &limits;
         let config = write(d, "kubegate.toml", &config);
         let bin = std::env::var_os("KUBEGATE_BIN").map_or_else(
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/kubegate"),

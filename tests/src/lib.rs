@@ -660,6 +660,8 @@ pub struct TestConfig {
     pub upstream_timeout: Duration,
     /// The issuer tables (default: [`test_issuer_toml`] with RS256 and ES256).
     pub oidc: String,
+    /// `[listen] port` (default 0: an ephemeral port the running gateway reports).
+    pub port: u16,
     /// Extra `[listen]` lines.
     pub listen: String,
     /// The `[limits]` table's body, if any.
@@ -681,6 +683,7 @@ impl TestConfig {
             upstream: upstream.into(),
             upstream_timeout: Duration::from_secs(10),
             oidc: test_issuer_toml(&["RS256", "ES256"]),
+            port: 0,
             listen: String::new(),
             limits: None,
             admin: false,
@@ -693,7 +696,8 @@ impl TestConfig {
     /// The `kubegate.toml` text.
     pub fn render(&self) -> String {
         let mut text = format!(
-            "policy = \"policy.toml\"\n[listen]\naddress = \"127.0.0.1\"\nport = 0\ntls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n{listen}\n[upstream]\n{upstream}\ntimeout = \"{timeout}ms\"\n{oidc}\n",
+            "policy = \"policy.toml\"\n[listen]\naddress = \"127.0.0.1\"\nport = {port}\ntls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n{listen}\n[upstream]\n{upstream}\ntimeout = \"{timeout}ms\"\n{oidc}\n",
+            port = self.port,
             listen = self.listen,
             upstream = self.upstream,
             timeout = self.upstream_timeout.as_millis(),

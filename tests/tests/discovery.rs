@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use http::StatusCode;
 use kubegate::dev::{DevEnvironment, DevOptions};
-use kubegate_tests::{collect, https_client};
+use kubegate_tests::{TestConfig, collect, https_client};
 
 async fn dev() -> DevEnvironment {
     kubegate::dev::start(DevOptions {
@@ -19,23 +19,12 @@ async fn dev() -> DevEnvironment {
 
 /// A gateway configuration in `env`'s directory whose issuer section is `issuer_toml`.
 async fn gateway_trusting(env: &DevEnvironment, issuer_toml: &str) -> kubegate::Running {
-    let text = format!(
-        r#"
-policy = "policy.toml"
-[listen]
-port = 0
-tls_cert = "tls.crt"
-tls_key = "tls.key"
-[upstream]
-kubeconfig = "sandbox.kubeconfig"
-[[auth.oidc]]
-{issuer_toml}
-audiences = ["kubegate"]
-certificate_authority = "ca.crt"
-groups_claim = "groups"
-algorithms = ["ES256"]
-"#
+    // The dev environment's files: its policy, TLS pair and sandbox; an issuer of its own.
+    let mut config = TestConfig::new("kubeconfig = \"sandbox.kubeconfig\"");
+    config.oidc = format!(
+        "[[auth.oidc]]\n{issuer_toml}\naudiences = [\"kubegate\"]\ncertificate_authority = \"ca.crt\"\ngroups_claim = \"groups\"\nalgorithms = [\"ES256\"]\n"
     );
+    let text = config.render();
     let path = env.dir.join("second.toml");
     std::fs::write(&path, text).unwrap();
     let config = kubegate_config::load(&path).expect("config");
