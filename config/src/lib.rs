@@ -79,6 +79,33 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// The audit trail.
     pub audit: Audit,
+    /// Exec and attach sessions written as asciicast files; `None` without a
+    /// `[recording]` table (nothing is recorded).
+    pub recording: Option<Recording>,
+}
+
+/// `[recording]`: the terminal of selected exec and attach sessions, written as
+/// asciicast v2 files named by the session's audit ID. Opt-in: a session is recorded
+/// when the authenticated user is named in `users` or is in one of `groups`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// Where the files go; created with mode 0700 if missing, and refused at start when
+    /// it cannot be created or is open to other users (group or world bits set).
+    pub dir: Setting<PathBuf>,
+    /// Sessions of users in any of these groups (the groups they authenticated with,
+    /// before any `as_groups`) are recorded.
+    pub groups: Vec<String>,
+    /// Sessions of these users (as authenticated, before any `as_user`) are recorded.
+    pub users: Vec<String>,
+    /// Chunks of session bytes waiting for a session's writer (each at most one read,
+    /// 8 KiB as the splice reads); past it the recording of that session ends, the
+    /// session does not. Default 256 (at most 2 MiB per session).
+    pub max_buffered: usize,
+}
+
+impl Recording {
+    /// Default for [`Recording::max_buffered`].
+    pub const DEFAULT_MAX_BUFFERED: usize = 256;
 }
 
 /// The operator-facing plain-HTTP listener: `/livez`, `/readyz`, `/healthz`, `/metrics`.

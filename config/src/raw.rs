@@ -16,6 +16,7 @@ pub(crate) struct RawConfig {
     pub(crate) limits: RawLimits,
     pub(crate) admin: Option<Spanned<RawAdmin>>,
     pub(crate) audit: Option<Spanned<RawAudit>>,
+    pub(crate) recording: Option<Spanned<RawRecording>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,4 +135,14 @@ pub(crate) struct RawAuditWebhook {
     pub(crate) max_retries: Option<Spanned<i64>>,
     pub(crate) request_timeout: Option<Spanned<String>>,
     pub(crate) flush_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRecording {
+    pub(crate) dir: Spanned<String>,
+    pub(crate) groups: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) users: Option<Spanned<Vec<Spanned<String>>>>,
+    // Any TOML integer, so an out-of-range one gets our message, not serde's.
+    pub(crate) max_buffered: Option<Spanned<i64>>,
 }

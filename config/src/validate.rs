@@ -35,6 +35,7 @@ pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
             .map(|a| v.audit(a))
             .transpose()?
             .unwrap_or_default(),
+        recording: raw.recording.map(|r| v.recording(r)).transpose()?,
     })
 }
 
@@ -579,6 +580,64 @@ impl Validator<'_> {
         })
     }
 
+    fn recording(
+        &self,
+        raw: Spanned<crate::raw::RawRecording>,
+    ) -> Result<crate::Recording, ConfigError> {
+        let location = self.map.location(raw.span(), "recording");
+        let raw = raw.into_inner();
+        if raw.dir.get_ref().trim().is_empty() {
+            return Err(self.err(&raw.dir, "recording.dir", "must name a directory"));
+        }
+        let dir = self.base.join(raw.dir.get_ref());
+        if let Some(parent) = dir.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            return Err(self.err(
+                &raw.dir,
+                "recording.dir",
+                format!("directory {} does not exist", parent.display()),
+            ));
+        }
+        let names = |list: &Option<Spanned<Vec<Spanned<String>>>>, field: &str| {
+            let mut out = Vec::new();
+            for (i, name) in list.iter().flat_map(|l| l.get_ref()).enumerate() {
+                if name.get_ref().trim().is_empty() {
+                    return Err(self.err(name, &format!("{field}[{i}]"), "must not be empty"));
+                }
+                out.push(name.get_ref().clone());
+            }
+            Ok(out)
+        };
+        let groups = names(&raw.groups, "recording.groups")?;
+        let users = names(&raw.users, "recording.users")?;
+        if groups.is_empty() && users.is_empty() {
+            return Err(location.error(
+                "name whose sessions are recorded: groups = [\"...\"] or users = [\"...\"]",
+            ));
+        }
+        let max_buffered = match &raw.max_buffered {
+            None => crate::Recording::DEFAULT_MAX_BUFFERED,
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(n @ 1..=65_536) => n,
+                _ => {
+                    return Err(self.err(
+                        n,
+                        "recording.max_buffered",
+                        "must be between 1 and 65536",
+                    ));
+                }
+            },
+        };
+        Ok(crate::Recording {
+            dir: self.setting(&raw.dir, "recording.dir", dir),
+            groups,
+            users,
+            max_buffered,
+        })
+    }
+
     fn audit_webhook(
         &self,
         raw: &Spanned<crate::raw::RawAuditWebhook>,
@@ -1079,6 +1138,60 @@ algorithms = ["RS256", "ES256"]
         assert_eq!(e.field.as_deref(), Some("audit.webhook.config_file"), "{e}");
         let e = d.parse(&format!("{GOOD}\n[audit.webhook]\n")).unwrap_err();
         assert!(e.message.contains("config_file"), "{e}");
+    }
+
+    #[test]
+    fn recording_is_off_by_default_and_must_say_whose_sessions() {
+        let d = Dir::new();
+        assert!(d.parse(GOOD).unwrap().recording.is_none());
+        let c = d
+            .parse(&format!(
+                "{GOOD}\n[recording]\ndir = \"casts\"\ngroups = [\"contractors\"]\n"
+            ))
+            .unwrap();
+        let r = c.recording.unwrap();
+        assert_eq!(r.dir.value, d.0.path().join("casts"));
+        assert_eq!(r.groups, vec!["contractors".to_string()]);
+        assert!(r.users.is_empty());
+        assert_eq!(r.max_buffered, crate::Recording::DEFAULT_MAX_BUFFERED);
+        for (table, field, message) in [
+            ("dir = \"casts\"", "recording", "groups = ["),
+            ("dir = \"casts\"\ngroups = []", "recording", "users = ["),
+            (
+                "dir = \"\"\nusers = [\"a\"]",
+                "recording.dir",
+                "must name a directory",
+            ),
+            (
+                "dir = \"missing/casts\"\nusers = [\"a\"]",
+                "recording.dir",
+                "does not exist",
+            ),
+            (
+                "dir = \"casts\"\nusers = [\"a\", \" \"]",
+                "recording.users[1]",
+                "empty",
+            ),
+            (
+                "dir = \"casts\"\nusers = [\"a\"]\nmax_buffered = 0",
+                "recording.max_buffered",
+                "between 1 and 65536",
+            ),
+            (
+                "dir = \"casts\"\nusers = [\"a\"]\nall = true",
+                "recording.all",
+                "unknown field",
+            ),
+        ] {
+            let e = d
+                .parse(&format!("{GOOD}\n[recording]\n{table}\n"))
+                .unwrap_err();
+            assert!(
+                e.field.as_deref().is_some_and(|f| f.starts_with(field)),
+                "{table}: {e}"
+            );
+            assert!(e.message.contains(message), "{table}: {e}");
+        }
     }
 
     #[test]

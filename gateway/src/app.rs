@@ -171,6 +171,7 @@ pub async fn prepare_in(
         audit,
         pending_audit: crate::pipeline::response::Pending::default(),
         shutdown: crate::ops::shutdown::ShutdownTrigger::new().0,
+        recorder: crate::recording::Recorder::new(config.recording.as_ref())?,
     };
     Ok(Prepared {
         gateway: Arc::new(gateway),

@@ -7,6 +7,7 @@
 //! - [`pipeline`]: one request's phases, top to bottom: admission, authorization, header
 //!   hygiene, streams and upgrades, the response's lifetime and the finishing record;
 //! - [`authn`]: credentials into an identity (JWTs, client certificates);
+//! - [`recording`]: exec and attach sessions written as asciicast files (opt-in);
 //! - [`upstream`]: the kube-apiserver connection and the gateway's own credential;
 //! - [`audit`]: the audit trail, from a request's facts to rotated files;
 //! - [`ops`]: what operators touch: health and metrics, reloads, logs, shutdown;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod listener;
 pub mod ops;
 pub mod pipeline;
+pub mod recording;
 pub mod upstream;
 
 pub use app::{Running, StartError, start};

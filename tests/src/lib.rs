@@ -814,3 +814,20 @@ pub fn audit_trail_lines_in(dir: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// Creates pod `name` (one busybox container) in `namespace` through the gateway as the
+/// holder of `token`, asserting 201: the target of exec, attach and log tests.
+pub async fn create_pod(gw: &TestGateway, token: &str, namespace: &str, name: &str) {
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+    });
+    let request = Request::post(format!("{}/api/v1/namespaces/{namespace}/pods", gw.url()))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(pod.to_string())))
+        .expect("request");
+    let r = collect(&gw.client, request).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}

@@ -69,6 +69,8 @@ pub struct Gateway {
     pub pending_audit: Pending,
     /// Ends long-running streams when the gateway shuts down.
     pub shutdown: ShutdownTrigger,
+    /// Which exec and attach sessions are recorded.
+    pub recorder: crate::recording::Recorder,
 }
 
 /// The user-facing application: every request goes through [`proxy`].
@@ -290,6 +292,9 @@ impl Gateway {
         // The client's HTTP version is its hop's business; the upstream connection
         // negotiates its own (h2 when offered).
         parts.version = Version::HTTP_11;
+        let recording = upgrade.as_ref().and_then(|_| {
+            (self.recorder).select(identity, attributes, parts.uri.query(), &facts.audit_id)
+        });
         outcome.sent_upstream = true;
         let sent = Instant::now();
         let response = match upgrade {
@@ -311,6 +316,7 @@ impl Gateway {
                         guard,
                         self.limits.stream_idle_timeout,
                         self.shutdown.signal(),
+                        recording,
                     ))
                 }
                 Ok(Answer::Refused(response)) => Ok(response),
@@ -417,6 +423,7 @@ mod tests {
             .unwrap(),
             pending_audit: Pending::default(),
             shutdown: ShutdownTrigger::new().0,
+            recorder: crate::recording::Recorder::disabled(),
         }
     }
 

@@ -82,6 +82,13 @@ impl ResponseGuard {
         });
     }
 
+    /// Adds an annotation to the final record, if one is armed (a session's recording).
+    pub fn annotate_final_record(&mut self, key: &str, value: String) {
+        if let Some(record) = self.final_record.as_mut() {
+            record.event.annotations.insert(key.to_string(), value);
+        }
+    }
+
     /// Cancels the final record: the request turned out not to be long-running (a refused
     /// upgrade, relayed as an ordinary answer).
     pub fn disarm_final_record(&mut self) {

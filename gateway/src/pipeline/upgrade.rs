@@ -21,6 +21,10 @@
 //! it finishes too, so half-close propagates both ways; a failed read or write on either
 //! side ends both, and so does `stream_idle_timeout` without a byte in either direction.
 //! Both connections are dropped, and so closed, when the splice ends.
+//!
+//! A session chosen for recording (crate::recording) gets a tap: every chunk the splice
+//! reads is copied to the recording's queue before it is written on, without waiting and
+//! without changing a byte of what is relayed.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +50,7 @@ use crate::ops::shutdown::Shutdown;
 use crate::pipeline::headers::strip_hop_by_hop;
 use crate::pipeline::response::ResponseGuard;
 use crate::pipeline::stream::{Bounds, relay};
+use crate::recording::{Direction, Selected, Tap};
 use crate::upstream::Upstream;
 
 /// The upgrade protocols the gateway splices.
@@ -258,15 +263,21 @@ impl Switched {
     /// end-of-session audit record) lives exactly as long as the spliced session, which
     /// ends when both directions finish, either side fails, nothing moves for `idle`, or
     /// the gateway shuts down.
-    pub fn splice(self, guard: ResponseGuard, idle: Duration, shutdown: Shutdown) -> Response {
+    pub fn splice(
+        self,
+        mut guard: ResponseGuard,
+        idle: Duration,
+        shutdown: Shutdown,
+        recording: Option<Selected>,
+    ) -> Response {
         let Switched {
             head,
             protocol,
             client,
             upstream,
         } = self;
+        let switched_headers = recording.as_ref().map(|_| head.headers.clone());
         tokio::spawn(async move {
-            let _guard = guard;
             // The client's side resolves once hyper has written the 101 below.
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
@@ -276,29 +287,42 @@ impl Switched {
                 }
             };
             let started = Instant::now();
+            let session = recording
+                .zip(switched_headers)
+                .map(|(selected, headers)| selected.start(protocol, &headers));
+            let tap = session.as_ref().map(|s| s.tap());
             // Shutdown closes the session (both sockets) instead of waiting it out.
             let spliced = tokio::select! {
-                spliced = splice(TokioIo::new(client), TokioIo::new(upstream), idle) => spliced,
-                () = shutdown.wait() => {
-                    debug!(protocol = protocol.token(), "upgraded connection closed for shutdown");
-                    return;
-                }
+                spliced = splice_recorded(TokioIo::new(client), TokioIo::new(upstream), idle, tap) => Some(spliced),
+                () = shutdown.wait() => None,
             };
+            // The recording is flushed, and named in the final record, before the guard
+            // writes that record.
+            if let Some(session) = session {
+                for (key, value) in session.finish().await {
+                    guard.annotate_final_record(key, value);
+                }
+            }
             match spliced {
-                Ok((up, down)) => debug!(
+                None => debug!(
+                    protocol = protocol.token(),
+                    "upgraded connection closed for shutdown"
+                ),
+                Some(Ok((up, down))) => debug!(
                     protocol = protocol.token(),
                     bytes_up = up,
                     bytes_down = down,
                     seconds = started.elapsed().as_secs(),
                     "upgraded connection closed"
                 ),
-                Err(error) => debug!(
+                Some(Err(error)) => debug!(
                     protocol = protocol.token(),
                     %error,
                     seconds = started.elapsed().as_secs(),
                     "upgraded connection ended"
                 ),
             }
+            drop(guard);
         });
         Response::from_parts(head, Body::empty())
     }
@@ -323,17 +347,33 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    splice_recorded(client, upstream, idle, None).await
+}
+
+/// [`splice`], handing `tap` a copy of every chunk read from either side.
+pub async fn splice_recorded<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    tap: Option<Tap>,
+) -> std::io::Result<(u64, u64)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut client = Tracked {
         io: client,
         epoch,
         last: last.clone(),
+        tap: tap.clone().map(|t| (t, Direction::Up)),
     };
     let mut upstream = Tracked {
         io: upstream,
         epoch,
         last: last.clone(),
+        tap: tap.map(|t| (t, Direction::Down)),
     };
     // tokio's copy shuts down the writer of one side when the other side's reader ends:
     // the half-close propagation.
@@ -356,11 +396,13 @@ where
     }
 }
 
-/// An I/O object that notes when bytes last moved through it.
+/// An I/O object that notes when bytes last moved through it, and shows what it reads
+/// to a recording's tap (bytes read from the client go up, from the upstream down).
 struct Tracked<T> {
     io: T,
     epoch: Instant,
     last: Arc<AtomicU64>,
+    tap: Option<(Tap, Direction)>,
 }
 
 impl<T> Tracked<T> {
@@ -380,6 +422,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.moved();
+            if let Some((tap, direction)) = &self.tap {
+                tap.observe(*direction, &buf.filled()[before..]);
+            }
         }
         polled
     }
