@@ -240,6 +240,8 @@ pub struct GatewayOptions {
     pub listen_toml: Option<String>,
     /// Extra lines for the `[audit]` table (which always has `file = "audit.log"`).
     pub audit_toml: Option<String>,
+    /// Further tables, e.g. `[recording]`, appended after the rest.
+    pub tables_toml: Option<String>,
     /// Serve connections on the test's own runtime instead of connection threads: for
     /// tests that pause the clock, which only the test's runtime sees.
     pub on_test_runtime: bool,
@@ -258,6 +260,7 @@ impl Default for GatewayOptions {
             limits_toml: None,
             listen_toml: None,
             audit_toml: None,
+            tables_toml: None,
             on_test_runtime: false,
         }
     }
@@ -350,6 +353,7 @@ impl TestGateway {
         config.admin = true;
         config.audit_file = Some("audit.log".into());
         config.audit = options.audit_toml.clone().unwrap_or_default();
+        config.tables = options.tables_toml.clone().unwrap_or_default();
         let config_text = config.render();
         let config_path = write(d, "kubegate.toml", &config_text);
         let config = kubegate_config::load(&config_path).expect("config");
@@ -674,6 +678,8 @@ pub struct TestConfig {
     pub audit: String,
     /// An `[auth]` table's body, if any.
     pub auth: Option<String>,
+    /// Further tables (`[recording]` ...), appended last.
+    pub tables: String,
 }
 
 impl TestConfig {
@@ -690,6 +696,7 @@ impl TestConfig {
             audit_file: None,
             audit: String::new(),
             auth: None,
+            tables: String::new(),
         }
     }
 
@@ -720,6 +727,7 @@ impl TestConfig {
         if let Some(limits) = &self.limits {
             text.push_str(&format!("[limits]\n{limits}\n"));
         }
+        text.push_str(&self.tables);
         text
     }
 }

@@ -32,8 +32,7 @@ const EXEC: &str = "/api/v1/namespaces/dev/pods/runner/exec?command=cat&stdin=tr
 async fn gateway() -> TestGateway {
     let gw = TestGateway::start_with(GatewayOptions {
         policy: POLICY.to_string(),
-        // The harness renders `[audit]` last, so this table follows it.
-        audit_toml: Some("[recording]\ndir = \"recordings\"\ngroups = [\"contractors\"]\n".into()),
+        tables_toml: Some("[recording]\ndir = \"recordings\"\ngroups = [\"contractors\"]\n".into()),
         ..GatewayOptions::default()
     })
     .await;

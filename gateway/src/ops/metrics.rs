@@ -82,6 +82,7 @@ fn start_upkeep(handle: PrometheusHandle, interval: std::time::Duration) {
 
 fn describe() {
     crate::audit::describe_metrics();
+    crate::recording::describe_metrics();
     describe_counter!(
         REQUESTS,
         "Requests answered, by status code, verb and decision."

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use kubegate_config::{ConfigError, Recording};
 use kubegate_policy::RequestAttributes;
-use metrics::counter;
+use metrics::{counter, describe_counter};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -54,6 +54,18 @@ pub const RECORDINGS_ENDED: &str = "kubegate_recordings_ended_total";
 pub const ANNOTATION: &str = "kubegate.io/recording";
 /// The audit annotation saying why a recording is incomplete.
 pub const ANNOTATION_ENDED: &str = "kubegate.io/recording-ended";
+
+/// Registers descriptions for the recording metrics with the installed recorder.
+pub fn describe_metrics() {
+    describe_counter!(
+        RECORDINGS,
+        "Exec and attach sessions whose recording started."
+    );
+    describe_counter!(
+        RECORDINGS_ENDED,
+        "Recordings that ended before their session did, by reason."
+    );
+}
 
 /// The asciicast header's size when the client never sends one before other output.
 const DEFAULT_SIZE: (u16, u16) = (80, 24);
