@@ -203,6 +203,24 @@ async fn route(shared: &Shared, parts: Parts, body: Body) -> ApiResult {
             ))
         }
         [
+            "apis",
+            AUTHZ_GROUP,
+            "v1",
+            kind @ ("selfsubjectaccessreviews" | "selfsubjectrulesreviews"),
+        ] => {
+            if method != Method::POST {
+                return Err(ApiError::method_not_allowed(&method));
+            }
+            // The gateway sends reviews as JSON: it rebuilds each one it forwards.
+            let review = read_body_json(body).await?;
+            let answer = if *kind == "selfsubjectaccessreviews" {
+                access_review(review)
+            } else {
+                rules_review(review)
+            };
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
+        [
             "api",
             "v1",
             "namespaces",
@@ -530,6 +548,35 @@ fn self_subject_review(headers: &HeaderMap) -> Value {
         "apiVersion": "authentication.k8s.io/v1",
         "metadata": {"creationTimestamp": rfc3339(SystemTime::now())},
         "status": {"userInfo": user_info},
+    })
+}
+
+const AUTHZ_GROUP: &str = "authorization.k8s.io";
+
+/// The sandbox authorizes every request its token lets in, so every access review is
+/// allowed (the gateway's policy is what refuses).
+fn access_review(review: Value) -> Value {
+    json!({
+        "kind": "SelfSubjectAccessReview",
+        "apiVersion": format!("{AUTHZ_GROUP}/v1"),
+        "metadata": {"creationTimestamp": rfc3339(SystemTime::now())},
+        "spec": review.get("spec").cloned().unwrap_or_else(|| json!({})),
+        "status": {"allowed": true, "reason": "the sandbox authorizes every request"},
+    })
+}
+
+/// Everything, as the sandbox does it: every verb on every resource and every path.
+fn rules_review(review: Value) -> Value {
+    json!({
+        "kind": "SelfSubjectRulesReview",
+        "apiVersion": format!("{AUTHZ_GROUP}/v1"),
+        "metadata": {"creationTimestamp": rfc3339(SystemTime::now())},
+        "spec": review.get("spec").cloned().unwrap_or_else(|| json!({})),
+        "status": {
+            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            "incomplete": false,
+        },
     })
 }
 

@@ -839,3 +839,83 @@ pub async fn create_pod(gw: &TestGateway, token: &str, namespace: &str, name: &s
     let r = collect(&gw.client, request).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
+
+/// `kubectl auth can-i VERB RESOURCE -n NAMESPACE` with `kubeconfig`: its yes or no (any
+/// other answer fails the test).
+pub async fn kubectl_can_i(kubeconfig: &Path, verb: &str, resource: &str, namespace: &str) -> bool {
+    let (ok, stdout, stderr) = run_kubectl(
+        kubeconfig,
+        &["auth", "can-i", verb, resource, "-n", namespace],
+    )
+    .await;
+    match stdout.split_whitespace().next() {
+        Some("yes") if ok => true,
+        Some("no") if !ok => false,
+        _ => panic!("can-i {verb} {resource} -n {namespace}: {stdout} {stderr}"),
+    }
+}
+
+/// The rows of `kubectl auth can-i --list`: (resource as kubectl prints it, e.g. `pods` or
+/// `deployments.apps`; resource names; verbs). Non-resource rows are left out.
+pub fn can_i_list_rows(stdout: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut rows = Vec::new();
+    for line in stdout.lines().skip(1) {
+        let (Some(open), Some(close)) = (line.rfind('['), line.rfind(']')) else {
+            continue;
+        };
+        let verbs = line[open + 1..close]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let columns: Vec<&str> = line[..open].split_whitespace().collect();
+        let names = line[..open]
+            .find('[')
+            .map(|at| line[at..open].trim().to_string())
+            .unwrap_or_default();
+        match columns.first() {
+            Some(resource) if !resource.starts_with('[') && !resource.starts_with('/') => {
+                rows.push((resource.to_string(), names, verbs));
+            }
+            _ => {}
+        }
+    }
+    rows
+}
+
+/// The request kubectl makes for VERB on RESOURCE (core group) in NAMESPACE, on the object
+/// `name` for verbs that take one: (method, path, JSON body for creates).
+pub fn cell_request(
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> (Method, String, Option<String>) {
+    let collection = format!("/api/v1/namespaces/{namespace}/{resource}");
+    let object = format!("{collection}/{name}");
+    let kind = match resource {
+        "pods" => "Pod",
+        "configmaps" => "ConfigMap",
+        "secrets" => "Secret",
+        other => panic!("no object kind for {other}"),
+    };
+    let spec = if kind == "Pod" {
+        r#","spec":{"containers":[{"name":"c","image":"nginx"}]}"#
+    } else {
+        ""
+    };
+    let body = format!(
+        r#"{{"apiVersion":"v1","kind":"{kind}","metadata":{{"name":"{name}","namespace":"{namespace}"}}{spec}}}"#
+    );
+    match verb {
+        "get" => (Method::GET, object, None),
+        "list" => (Method::GET, collection, None),
+        "watch" => (
+            Method::GET,
+            format!("{collection}?watch=true&timeoutSeconds=1"),
+            None,
+        ),
+        "create" => (Method::POST, collection, Some(body)),
+        "delete" => (Method::DELETE, object, None),
+        other => panic!("no request for verb {other}"),
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! request ─ normalise path ─ resolve attributes ─ bound query numbers ─ [address budget]
-//!         ─ authenticate ─ admit (rate, concurrency) ─ upgrade target? ─ authorize
+//!         ─ authenticate ─ admit (rate, concurrency) ─ upgrade target? ─ [self-review]
+//!         ─ authorize
 //!         ─ sanitise headers ─ add credential + Impersonate-* + Audit-ID
 //!         ─ forward ─ stream back ─ finish (metrics, log line, audit record)
 //! ```
@@ -10,8 +11,8 @@
 //! Each phase either hands the next one what it needs or returns a [`GatewayError`];
 //! nothing reaches the upstream unless every phase agreed. The path that is resolved and
 //! authorized is the path that is forwarded, byte for byte. Each phase has a room of its
-//! own: [`admission`], [`authz`], [`headers`], [`stream`] and [`upgrade`] for the
-//! forwarding, [`response`] for what a response holds until its last byte, and
+//! own: [`admission`], [`authz`], [`review`] for the self-reviews the gateway answers,
+//! [`headers`], [`stream`] and [`upgrade`] for the forwarding, [`response`] for what a response holds until its last byte, and
 //! [`finish`] for what every request leaves behind, whichever phase ended it.
 
 pub mod admission;
@@ -20,6 +21,7 @@ pub mod finish;
 pub mod headers;
 pub mod kind;
 pub mod response;
+pub mod review;
 pub mod stream;
 pub mod upgrade;
 
@@ -266,6 +268,15 @@ impl Gateway {
         // upgrade headers are no way around the quota either.
         if upgrade.is_some() {
             upgrade::check_target(&parts.method, attributes)?;
+        }
+
+        // 3b. Self-reviews (`kubectl auth can-i`, `whoami`) are answered from the policy and
+        // the API server together (review.rs), not forwarded for RBAC alone to answer.
+        if review::SelfReview::of(&parts.method, attributes).is_some() {
+            let (identity, attributes) = (identity.clone(), attributes.clone());
+            return self
+                .answer_review(&identity, &attributes, parts, body, facts, outcome)
+                .await;
         }
 
         // 4. May they?

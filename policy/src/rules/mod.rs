@@ -5,6 +5,7 @@ pub(crate) mod compile;
 mod decide;
 mod escalation;
 mod model;
+mod review;
 mod schema;
 mod template;
 mod validate;
@@ -17,6 +18,7 @@ use crate::subject::Subject;
 
 pub use decide::Decision;
 pub use model::METHODS as HTTP_METHODS;
+pub use review::{Cell, Grants};
 
 /// A compiled policy. Immutable once loaded; share it behind an `Arc`.
 ///

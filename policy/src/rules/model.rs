@@ -212,7 +212,7 @@ pub(crate) enum NamespacePattern {
 }
 
 impl NamespacePattern {
-    fn matches(&self, ns: &str) -> bool {
+    pub(crate) fn matches(&self, ns: &str) -> bool {
         match self {
             NamespacePattern::None => ns.is_empty(),
             NamespacePattern::Glob(g) => !ns.is_empty() && g.matches(ns),
