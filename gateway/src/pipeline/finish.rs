@@ -86,7 +86,8 @@ pub(super) async fn finish(
     );
     if outcome.summarised(status) {
         let key = outcome.summary_key(facts, gateway.limits.ipv6_prefix_length);
-        gateway.audit.record_refusal(key, &event).await;
+        // Boxed: its state would otherwise enlarge every request's future (see `proxy`).
+        Box::pin(gateway.audit.record_refusal(key, &event)).await;
     } else {
         gateway.audit.record(&event).await;
     }

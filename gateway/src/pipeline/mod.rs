@@ -243,7 +243,8 @@ impl Gateway {
             Some(cached) => cached?,
             None => {
                 self.admission.check_unauthenticated(peer)?;
-                self.authn.verify_token(&parts.headers).await?
+                // Boxed: a cache miss's state would otherwise enlarge every request's future.
+                Box::pin(self.authn.verify_token(&parts.headers)).await?
             }
         };
         let identity = &*outcome.identity.insert(identity);
@@ -274,9 +275,17 @@ impl Gateway {
         // the API server together (review.rs), not forwarded for RBAC alone to answer.
         if review::SelfReview::of(&parts.method, attributes).is_some() {
             let (identity, attributes) = (identity.clone(), attributes.clone());
-            return self
-                .answer_review(&identity, &attributes, parts, body, facts, outcome)
-                .await;
+            // Boxed, like the upgrade below: a rare path's state would otherwise make every
+            // request's future larger, and that future is moved on every request.
+            return Box::pin(self.answer_review(
+                &identity,
+                &attributes,
+                parts,
+                body,
+                facts,
+                outcome,
+            ))
+            .await;
         }
 
         // 4. May they?
@@ -310,29 +319,31 @@ impl Gateway {
         let sent = Instant::now();
         let response = match upgrade {
             // Spliced only once the upstream switched protocols as asked (upgrade.rs).
-            Some(upgrade) => match upgrade::forward(&self.upstream, upgrade, parts, body).await {
-                Ok(Answer::Switched(switched)) => {
-                    // The spliced session holds the response's guard, and writes the
-                    // final record when it closes.
-                    let mut guard = outcome.guard.take().unwrap_or_default();
-                    guard.hold_stream(RequestKind::Upgrade, None);
-                    let closed = outcome.event(
-                        facts,
-                        Stage::ResponseComplete,
-                        StatusCode::SWITCHING_PROTOCOLS,
-                        Duration::ZERO,
-                    );
-                    guard.arm_final_record(self.audit.clone(), closed, &self.pending_audit);
-                    Ok(switched.splice(
-                        guard,
-                        self.limits.stream_idle_timeout,
-                        self.shutdown.signal(),
-                        recording,
-                    ))
+            Some(upgrade) => {
+                match Box::pin(upgrade::forward(&self.upstream, upgrade, parts, body)).await {
+                    Ok(Answer::Switched(switched)) => {
+                        // The spliced session holds the response's guard, and writes the
+                        // final record when it closes.
+                        let mut guard = outcome.guard.take().unwrap_or_default();
+                        guard.hold_stream(RequestKind::Upgrade, None);
+                        let closed = outcome.event(
+                            facts,
+                            Stage::ResponseComplete,
+                            StatusCode::SWITCHING_PROTOCOLS,
+                            Duration::ZERO,
+                        );
+                        guard.arm_final_record(self.audit.clone(), closed, &self.pending_audit);
+                        Ok(switched.splice(
+                            guard,
+                            self.limits.stream_idle_timeout,
+                            self.shutdown.signal(),
+                            recording,
+                        ))
+                    }
+                    Ok(Answer::Refused(response)) => Ok(response),
+                    Err(error) => Err(error),
                 }
-                Ok(Answer::Refused(response)) => Ok(response),
-                Err(error) => Err(error),
-            },
+            }
             // 7. The body capped and streamed up, the answer streamed back (stream.rs).
             None => {
                 let guard = outcome.guard.get_or_insert_with(ResponseGuard::new);
@@ -362,13 +373,15 @@ fn is_proxy(attributes: &RequestAttributes) -> bool {
 /// Runs a request's phases so that a panic in one of them (a bug) becomes a 500 `Status`
 /// and the request still gets its log line and audit record, instead of a dropped
 /// connection and a request the API server may have acted on without a trace.
-async fn contain_panic(
+///
+/// A plain function rather than an `async fn`: an `async fn` would keep `phases` in its own
+/// state and then a second copy inside `catch_unwind`, doubling the request's future, which
+/// is moved on every request.
+fn contain_panic(
     phases: impl Future<Output = Result<Response, GatewayError>>,
-) -> Result<Response, GatewayError> {
-    AssertUnwindSafe(phases)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
+) -> impl Future<Output = Result<Response, GatewayError>> {
+    AssertUnwindSafe(phases).catch_unwind().map(|caught| {
+        caught.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -378,6 +391,7 @@ async fn contain_panic(
                 "request handling panicked: {what}"
             )))
         })
+    })
 }
 
 #[cfg(test)]
@@ -405,7 +419,7 @@ mod tests {
 
     /// A gateway with no issuer, an empty deny-all policy, an upstream nobody listens on and
     /// an audit file in `dir`: enough for the phases that need no upstream.
-    async fn bare_gateway(dir: &std::path::Path) -> Gateway {
+    pub(super) async fn bare_gateway(dir: &std::path::Path) -> Gateway {
         let policy = kubegate_policy::Policy::from_toml("policy.toml", "default = \"deny\"\n")
             .unwrap()
             .policy;
@@ -493,5 +507,26 @@ mod tests {
 
         let fine = contain_panic(async { Ok(Response::new(Body::empty())) }).await;
         assert_eq!(fine.unwrap().status(), StatusCode::OK);
+    }
+
+    /// Every request's future is moved into its task, byte for byte, so its size is part of
+    /// the cost of every request: rare paths (a token to verify, an upgrade, a self-review,
+    /// a refusal summary, a long-running response's final record) are boxed so their state
+    /// stays out of it. At 9 KiB (an `async fn contain_panic` holding the phases twice, the
+    /// rare paths inline) the copy was about 5% of a small request's instructions.
+    #[tokio::test]
+    async fn the_request_future_stays_small() {
+        crate::app::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Arc::new(bare_gateway(dir.path()).await);
+        let request = Request::get("/api/v1/namespaces/dev/pods")
+            .body(Body::empty())
+            .unwrap();
+        let future = proxy(State(gateway), request);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= 4 * 1024,
+            "the request future is {size} bytes (3,856 when written)"
+        );
     }
 }

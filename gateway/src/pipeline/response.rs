@@ -34,7 +34,9 @@ use crate::upstream::StreamLease;
 #[must_use = "what the guard holds is released when it is dropped"]
 pub struct ResponseGuard {
     // Field order is drop order after `drop` ran: the record is written first.
-    final_record: Option<FinalRecord>,
+    // Boxed: only long-running responses arm one, and the guard lives in every request's
+    // future, which is moved on every request.
+    final_record: Option<Box<FinalRecord>>,
     open: Option<OpenStream>,
     lease: Option<StreamLease>,
     permit: Option<Permit>,
@@ -75,11 +77,11 @@ impl ResponseGuard {
     /// end) when the response ends.
     pub fn arm_final_record(&mut self, log: AuditLog, event: Event, pending: &Pending) {
         pending.0.fetch_add(1, Ordering::AcqRel);
-        self.final_record = Some(FinalRecord {
+        self.final_record = Some(Box::new(FinalRecord {
             log,
             event,
             pending: pending.clone(),
-        });
+        }));
     }
 
     /// Adds an annotation to the final record, if one is armed (a session's recording).
@@ -124,7 +126,7 @@ impl Drop for ResponseGuard {
             log,
             mut event,
             pending,
-        }) = self.final_record.take()
+        }) = self.final_record.take().map(|record| *record)
         {
             event.stage = Stage::ResponseComplete;
             event.stage_time = SystemTime::now();
