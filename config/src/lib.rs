@@ -82,6 +82,74 @@ pub struct Config {
     /// Exec and attach sessions written as asciicast files; `None` without a
     /// `[recording]` table (nothing is recorded).
     pub recording: Option<Recording>,
+    /// The sign-in web pages under [`LOGIN_PREFIX`]; `None` without a `[login]` table
+    /// (the prefix is then refused, never forwarded).
+    pub login: Option<Login>,
+}
+
+/// The path prefix the gateway keeps for its own pages (sign-in, callback, kubeconfig).
+/// Requests under it are answered by the gateway and never forwarded, with or without a
+/// `[login]` table.
+pub const LOGIN_PREFIX: &str = "/kubegate/";
+
+/// `[login]`: the sign-in page. A person opens `/kubegate/login`, signs in at the OpenID
+/// provider (authorization code with PKCE), and gets a page with who the gateway takes
+/// them for, what the policy lets them do, and a kubeconfig that calls the credential
+/// plugin (`kubegate get-token`): no token and no secret in it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The provider, exactly as one of the configured issuers (`[[auth.oidc]]` or the
+    /// `authentication_config` file) names it, so the ID token is verified with that
+    /// issuer's keys, audiences and claim mappings: the page shows the identity API
+    /// requests get.
+    pub issuer: String,
+    /// The web page's client at the provider. Its ID tokens carry it as `aud`, so it must
+    /// be among the issuer's audiences (a token for another audience is refused).
+    pub client_id: String,
+    /// The client secret (a confidential client); `None` for a public client, which then
+    /// relies on PKCE alone. Read at start, never logged.
+    pub client_secret_file: Option<Setting<PathBuf>>,
+    /// The external https URL of `/kubegate/callback`, as registered at the provider.
+    pub redirect_url: String,
+    /// Scopes asked for; always includes `openid`. Default `["openid"]`.
+    pub scopes: Vec<String>,
+    /// The public client the handed-out kubeconfig's plugin signs in with
+    /// (`--oidc-client-id`). Default `client_id` when that is a public client; required
+    /// with a confidential one (its secret cannot go into a kubeconfig).
+    pub plugin_client_id: String,
+    /// `--oidc-extra-scope` values for the plugin. Default: `scopes` without `openid`.
+    pub plugin_extra_scopes: Vec<String>,
+    /// A path *on users' machines* of a CA bundle for the provider, passed to the plugin as
+    /// `--certificate-authority`; not read by the gateway.
+    pub plugin_certificate_authority: Option<String>,
+    /// Key material (at least 32 bytes) the sign-in cookie's encryption key is derived
+    /// from. Without it a key is generated at start, and sign-ins in flight across a
+    /// restart (or between replicas) fail with a clear page and must be started again.
+    pub cookie_key_file: Option<Setting<PathBuf>>,
+    /// The API server URL the kubeconfig points at. Default: `redirect_url`'s origin.
+    pub server_url: String,
+    /// The CA bundle the kubeconfig trusts for `server_url`. Default: the listener's own
+    /// certificate chain (`[listen] tls_cert`), which must then end in the CA clients
+    /// should trust.
+    pub certificate_authority: Setting<PathBuf>,
+    /// How long a started sign-in may take, from `/kubegate/login` to the callback: the
+    /// life of its cookie. Default 10 min, at most 1 h.
+    pub sign_in_timeout: Duration,
+    /// The `[login]` table.
+    pub location: Location,
+}
+
+impl std::fmt::Debug for Login {
+    // Paths and names only; the secret files' contents are never read here.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("confidential", &self.client_secret_file.is_some())
+            .field("redirect_url", &self.redirect_url)
+            .field("plugin_client_id", &self.plugin_client_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[recording]`: the terminal of selected exec and attach sessions, written as

@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub(crate) admin: Option<Spanned<RawAdmin>>,
     pub(crate) audit: Option<Spanned<RawAudit>>,
     pub(crate) recording: Option<Spanned<RawRecording>>,
+    pub(crate) login: Option<Spanned<RawLogin>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,4 +146,21 @@ pub(crate) struct RawRecording {
     pub(crate) users: Option<Spanned<Vec<Spanned<String>>>>,
     // Any TOML integer, so an out-of-range one gets our message, not serde's.
     pub(crate) max_buffered: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLogin {
+    pub(crate) issuer: Spanned<String>,
+    pub(crate) client_id: Spanned<String>,
+    pub(crate) client_secret_file: Option<Spanned<String>>,
+    pub(crate) redirect_url: Spanned<String>,
+    pub(crate) scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) plugin_client_id: Option<Spanned<String>>,
+    pub(crate) plugin_extra_scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) plugin_certificate_authority: Option<Spanned<String>>,
+    pub(crate) cookie_key_file: Option<Spanned<String>>,
+    pub(crate) server_url: Option<Spanned<String>>,
+    pub(crate) certificate_authority: Option<Spanned<String>>,
+    pub(crate) sign_in_timeout: Option<Spanned<String>>,
 }

@@ -18,11 +18,13 @@ use crate::{
 /// The API server accepts up to 64 issuers in its structured authentication config.
 const MAX_ISSUERS: usize = 64;
 
+mod login;
+
 pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let map = SourceMap::new(file, text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| map.toml_error(&e))?;
     let v = Validator::new(&map, file);
-    Ok(Config {
+    let mut config = Config {
         file: file.to_path_buf(),
         listen: v.listen(raw.listen.into_inner())?,
         upstream: v.upstream(raw.upstream)?,
@@ -36,7 +38,14 @@ pub(crate) fn validate(file: &Path, text: &str) -> Result<Config, ConfigError> {
             .transpose()?
             .unwrap_or_default(),
         recording: raw.recording.map(|r| v.recording(r)).transpose()?,
-    })
+        login: None,
+    };
+    // After the issuers and the listener: the sign-in names one and defaults to the other.
+    config.login = raw
+        .login
+        .map(|l| v.login(l, &config.auth, &config.listen))
+        .transpose()?;
+    Ok(config)
 }
 
 /// A file holding only an `[upstream]` table, validated exactly as in a full config.
@@ -884,10 +893,10 @@ pub(crate) fn checked_url(
 mod tests {
     use super::*;
 
-    struct Dir(tempfile::TempDir);
+    pub(super) struct Dir(tempfile::TempDir);
 
     impl Dir {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             let d = tempfile::tempdir().unwrap();
             for f in [
                 "tls.crt",
@@ -900,7 +909,7 @@ mod tests {
             }
             Dir(d)
         }
-        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+        pub(super) fn parse(&self, text: &str) -> Result<Config, ConfigError> {
             parse_in(self.0.path(), text)
         }
     }
@@ -909,7 +918,7 @@ mod tests {
         validate(&dir.join("kubegate.toml"), text)
     }
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 policy = "policy.toml"
 
 [listen]

@@ -54,6 +54,8 @@ pub struct Prepared {
     /// Reload the policy on SIGHUP too (the file is always watched). Off by default so
     /// an embedding process keeps its signals.
     pub reload_on_sighup: bool,
+    /// The sign-in pages under `/kubegate/`, when `[login]` is configured.
+    pub signin: Option<Arc<crate::signin::SignIn>>,
     /// The impersonation self-check readiness runs.
     selfcheck: Arc<crate::ops::selfcheck::SelfCheck>,
     tls: Arc<rustls::ServerConfig>,
@@ -173,8 +175,11 @@ pub async fn prepare_in(
         shutdown: crate::ops::shutdown::ShutdownTrigger::new().0,
         recorder: crate::recording::Recorder::new(config.recording.as_ref())?,
     };
+    let gateway = Arc::new(gateway);
+    let signin = crate::signin::SignIn::new(gateway.clone(), config)?;
     Ok(Prepared {
-        gateway: Arc::new(gateway),
+        gateway,
+        signin,
         certs,
         reload_on_sighup: false,
         selfcheck: Arc::new(crate::ops::selfcheck::SelfCheck::new(config)),
@@ -273,9 +278,13 @@ impl Prepared {
         self.options.connection_threads = n.min(default_connection_threads());
     }
 
-    /// The user-facing application.
+    /// The user-facing application: the gateway's own pages under `/kubegate/` (or their
+    /// refusal without `[login]`), everything else through the pipeline.
     pub fn router(&self) -> Router {
-        router(self.gateway.clone())
+        router(self.gateway.clone()).merge(crate::signin::routes(
+            self.signin.clone(),
+            self.gateway.clone(),
+        ))
     }
 
     /// Binds the configured address and serves `app` in the background.

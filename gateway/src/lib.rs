@@ -10,6 +10,7 @@
 //! - [`recording`]: exec and attach sessions written as asciicast files (opt-in);
 //! - [`upstream`]: the kube-apiserver connection and the gateway's own credential;
 //! - [`audit`]: the audit trail, from a request's facts to rotated files;
+//! - [`signin`]: the sign-in web page under `/kubegate/`, which hands out a kubeconfig;
 //! - [`ops`]: what operators touch: health and metrics, reloads, logs, shutdown;
 //! - [`app`]: start-up from a validated configuration; [`error`]: the one place failures
 //!   become responses; [`dev`] (feature `dev`): the zero-setup dev mode.
@@ -24,6 +25,7 @@ pub mod listener;
 pub mod ops;
 pub mod pipeline;
 pub mod recording;
+pub mod signin;
 pub mod upstream;
 
 pub use app::{Running, StartError, start};

@@ -23,5 +23,5 @@ pub use query::{MAX_TIMEOUT_SECONDS, QueryError, timeout_seconds};
 pub use request::{
     KUBERNETES_VERBS, NonResourceAttributes, RequestAttributes, ResourceAttributes, resolve,
 };
-pub use rules::{Cell, Decision, Grants, HTTP_METHODS, LoadedPolicy, Policy};
+pub use rules::{Cell, Decision, Grants, HTTP_METHODS, LoadedPolicy, Policy, RuleDescription};
 pub use subject::{ANONYMOUS_USER, ForwardIdentity, Subject, UNAUTHENTICATED_GROUP, claim};

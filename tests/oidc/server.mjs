@@ -1,6 +1,8 @@
 // Local OpenID provider fixture for kubegate end-to-end tests.
 //
-// Usage: node server.mjs [PORT]      (PORT 0 or absent = pick a free port)
+// Usage: node server.mjs [PORT] [--web-redirect=URL]
+//        (PORT 0 or absent = pick a free port; --web-redirect: the callback URL of the
+//        gateway's sign-in page, registered for the web-page clients below)
 //
 // Listens on 127.0.0.1 over plain http. Issuer is exactly
 // `http://127.0.0.1:<port>` (no trailing slash). Once listening it prints
@@ -11,6 +13,7 @@
 // Extra test-only routes on the same port:
 //   POST /test/rotate    new RSA key (k2, k3, ...); the old one leaves the JWKS
 //   POST /test/shutdown  answer, then exit 0
+//   GET/POST /interaction/<uid>   the test login page (see the web-page block below)
 
 import { generateKeyPairSync } from 'node:crypto';
 import http from 'node:http';
@@ -36,12 +39,114 @@ const RESOURCE = 'urn:kubegate';
 const AUDIENCE = 'kubegate';
 const TOKEN_TTL = 10 * 60; // seconds
 
-const portArg = process.argv[2] ?? '0';
+const portArg = process.argv.slice(2).find((a) => !a.startsWith('--')) ?? '0';
 const port = Number(portArg);
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   console.error(`invalid port: ${portArg}`);
   process.exit(2);
 }
+
+// ---- web page (kubegate's /kubegate/ sign-in page): confidential clients ----------------
+// Two confidential clients for the gateway's sign-in page (authorization code, PKCE
+// required, client_secret_basic), whose one redirect URI is the gateway's callback given
+// with --web-redirect (its port is ephemeral). `kubegate-web-other` is a second client, so
+// a test can sign in with a client the gateway does not accept as an audience. The test
+// login page below signs in the users of WEB_USERS; their ID tokens carry `groups`.
+const WEB_CLIENTS = ['kubegate-web', 'kubegate-web-other'];
+const WEB_REDIRECT = (process.argv.find((a) => a.startsWith('--web-redirect=')) ?? '')
+  .slice('--web-redirect='.length) || 'https://127.0.0.1/kubegate/callback';
+const WEB_USERS = {
+  alice: { password: 'alice-password', groups: ['devs', 'web-users'], email: 'alice@example.com' },
+  bob: { password: 'bob-password', groups: ['guests'], email: 'bob@example.com' },
+};
+
+function webClients() {
+  return WEB_CLIENTS.map((client_id) => ({
+    client_id,
+    client_secret: CLIENT_SECRET,
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: [WEB_REDIRECT],
+    token_endpoint_auth_method: 'client_secret_basic',
+  }));
+}
+
+// Provider settings the sign-in flow needs: the test accounts, `groups` in ID tokens, the
+// login page's URL, PKCE for every client, and consent taken as given (first-party
+// clients), so the login page is the only page a person sees.
+const WEB_SETTINGS = {
+  async findAccount(_ctx, id) {
+    const user = WEB_USERS[id];
+    if (!user) return undefined;
+    return {
+      accountId: id,
+      async claims() {
+        return { sub: id, groups: user.groups, email: user.email, name: id };
+      },
+    };
+  },
+  claims: { openid: ['sub'], groups: ['groups'], email: ['email'], profile: ['name'] },
+  conformIdTokenClaims: false,
+  pkce: { required: () => true },
+  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  async loadExistingGrant(ctx) {
+    const grantId = ctx.oidc.result?.consent?.grantId
+      || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+    if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+    const grant = new ctx.oidc.provider.Grant({
+      clientId: ctx.oidc.client.clientId,
+      accountId: ctx.oidc.session.accountId,
+    });
+    grant.addOIDCScope('openid groups email profile');
+    // The default resource (RESOURCE above) applies to these clients too.
+    for (const [indicator, server] of Object.entries(ctx.oidc.resourceServers ?? {})) {
+      grant.addResourceScope(indicator, server.scope);
+    }
+    await grant.save();
+    return grant;
+  },
+};
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+// GET /interaction/<uid>: the login form. POST /interaction/<uid>: check the user and
+// password and finish the login (a wrong one shows the form again with a message).
+async function webInteraction(provider, req, res) {
+  try {
+    const details = await provider.interactionDetails(req, res);
+    const uid = details.uid;
+    let message = '';
+    if (req.method === 'POST') {
+      const body = await new Promise((resolve) => {
+        let data = '';
+        req.on('data', (c) => { data += c; });
+        req.on('end', () => resolve(new URLSearchParams(data)));
+      });
+      const login = body.get('login') ?? '';
+      const user = WEB_USERS[login];
+      if (user && body.get('password') === user.password) {
+        await provider.interactionFinished(req, res, { login: { accountId: login } },
+          { mergeWithLastSubmission: false });
+        return;
+      }
+      message = '<p id="error">Wrong user name or password.</p>';
+    }
+    const page = `<!doctype html><html><head><title>Test provider sign-in</title></head><body>
+<h1>Test provider: sign in</h1>${message}<!-- prompt: ${escapeHtml(details.prompt.name)} ${escapeHtml(JSON.stringify(details.prompt.reasons))} -->
+<form method="post" action="/interaction/${escapeHtml(uid)}">
+<label>User <input name="login" autocomplete="username"></label>
+<label>Password <input name="password" type="password"></label>
+<button type="submit" id="submit">Sign in</button></form></body></html>`;
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+    res.end(page);
+  } catch (err) {
+    console.error('interaction failed', err);
+    sendJson(res, 400, { error: 'interaction_failed', detail: String(err.message ?? err) });
+  }
+}
+// ---- end of the web page block -------------------------------------------------------
 
 let keyCounter = 0;
 function newSigningKey() {
@@ -60,7 +165,8 @@ function buildProvider(issuer, signingJwk) {
       response_types: [],
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_post',
-    })),
+    })).concat(webClients()),
+    ...WEB_SETTINGS,
     jwks: { keys: [signingJwk] },
     features: {
       devInteractions: { enabled: false },
@@ -111,12 +217,14 @@ function buildProvider(issuer, signingJwk) {
 }
 
 let handler = null; // current provider's node (req, res) callback
+let currentProvider = null; // the provider `handler` belongs to (for the login page)
 let currentKid = null;
 
 function rotate(issuer) {
   const jwk = newSigningKey();
   const provider = buildProvider(issuer, jwk);
   handler = provider.callback();
+  currentProvider = provider;
   currentKid = jwk.kid;
   return currentKid;
 }
@@ -160,6 +268,10 @@ const server = http.createServer((req, res) => {
   }
   if (!handler) {
     sendJson(res, 503, { error: 'not_ready' });
+    return;
+  }
+  if (path.startsWith('/interaction/')) {
+    webInteraction(currentProvider, req, res);
     return;
   }
   handler(req, res);

@@ -34,6 +34,11 @@ fn fixture() -> PathBuf {
 
 /// Installs the fixture's locked dependencies (once) and starts the provider.
 pub fn start_provider() -> Provider {
+    start_provider_with(&[])
+}
+
+/// [`start_provider`] with further arguments for server.mjs (e.g. `--web-redirect=URL`).
+pub fn start_provider_with(args: &[&str]) -> Provider {
     let dir = fixture();
     // Tests of one binary run in parallel: only one of them may run `npm ci` at a time.
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -48,6 +53,7 @@ pub fn start_provider() -> Provider {
     }
     let mut child = Command::new("node")
         .args(["server.mjs", "0"])
+        .args(args)
         .current_dir(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -100,4 +106,83 @@ impl Provider {
             .expect("access token")
             .to_string()
     }
+}
+
+// ---- web page (kubegate's /kubegate/ sign-in page) -------------------------------------
+
+/// The fixture's confidential client for the gateway's sign-in page.
+pub const WEB_CLIENT: &str = "kubegate-web";
+/// A second confidential client, whose ID tokens are for another audience.
+pub const WEB_CLIENT_OTHER: &str = "kubegate-web-other";
+
+/// Signs `user` in on the provider's test login page without a browser: follows the
+/// authorization URL's redirects with the provider's cookies, posts the login form, and
+/// returns where the provider finally sends the browser (the gateway's callback URL with
+/// `code` and `state`, or with `error`). Panics with what the provider answered otherwise.
+pub async fn sign_in_at_provider(authorize_url: &str, user: &str, password: &str) -> String {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut cookies: std::collections::BTreeMap<String, String> = Default::default();
+    let mut url = authorize_url.to_string();
+    let mut form = None;
+    for _ in 0..10 {
+        let origin = url.split('/').take(3).collect::<Vec<_>>().join("/");
+        if !url.starts_with("http://127.0.0.1") {
+            return url;
+        }
+        let cookie = cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let builder = http::Request::builder().uri(&url).header("cookie", cookie);
+        let request = match form.take() {
+            Some(body) => builder
+                .method("POST")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from(body))),
+            None => builder.method("GET").body(Full::new(Bytes::new())),
+        }
+        .expect("request");
+        let response = client.request(request).await.expect("provider answers");
+        for value in response.headers().get_all("set-cookie") {
+            let pair = value.to_str().unwrap_or("").split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                cookies.insert(k.trim().to_string(), v.to_string());
+            }
+        }
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        match location {
+            Some(l) if status.is_redirection() => {
+                url = if l.starts_with('/') {
+                    format!("{origin}{l}")
+                } else {
+                    l
+                };
+            }
+            _ if status == StatusCode::OK && url.contains("/interaction/") => {
+                let text = String::from_utf8_lossy(&body);
+                assert!(
+                    !text.contains("id=\"error\""),
+                    "the provider refused the login of {user}"
+                );
+                form = Some(format!("login={user}&password={password}"));
+            }
+            _ => panic!(
+                "the provider answered {status} at {url}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+    panic!("the provider's sign-in did not end in 10 steps (last {url})");
 }

@@ -80,45 +80,15 @@ impl KeyFetcher {
     /// configured, the platform's roots otherwise, and speaks plain http only when the
     /// configuration allowed it for a loopback issuer.
     pub fn for_issuer(issuer: &kubegate_config::OidcIssuer) -> std::io::Result<Self> {
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        // An AuthenticationConfiguration file gives its CA inline (certificateAuthority).
-        let roots = match (
-            &issuer.certificate_authority_pem,
-            &issuer.certificate_authority,
-        ) {
-            (Some(pem), _) => Some(
-                crate::listener::tls::roots_from_pem(pem.as_bytes(), "certificateAuthority")
-                    .map_err(std::io::Error::other)?,
-            ),
-            (None, Some(ca)) => {
-                Some(crate::listener::tls::root_store(&ca.value).map_err(std::io::Error::other)?)
-            }
-            (None, None) => None,
-        };
-        let builder = match roots {
-            Some(roots) => {
-                let tls =
-                    rustls::ClientConfig::builder_with_provider(crate::listener::tls::provider())
-                        .with_safe_default_protocol_versions()
-                        .map_err(std::io::Error::other)?
-                        .with_root_certificates(roots)
-                        .with_no_client_auth();
-                builder.with_tls_config(tls)
-            }
-            None => builder.with_provider_and_native_roots(crate::listener::tls::provider())?,
-        };
-        let connector = if issuer.insecure_http {
-            builder.https_or_http().enable_http1().build()
-        } else {
-            builder.https_only().enable_http1().build()
-        };
         Ok(KeyFetcher {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(issuer_connector(issuer)?),
             allow_http: issuer.insecure_http,
         })
     }
 
-    async fn get(
+    /// GETs `url` under the fetch timeout, reading at most `limit` bytes: the body and
+    /// the response's `max-age`.
+    pub(crate) async fn get(
         &self,
         url: &str,
         limit: usize,
@@ -153,6 +123,47 @@ impl KeyFetcher {
         .map_err(|e| fail(e.to_string()))?;
         Ok((body.to_bytes(), max_age))
     }
+}
+
+/// The connector for an issuer's endpoints: it trusts the issuer's `certificate_authority`
+/// if one is configured, the platform's roots otherwise, and speaks plain http only when
+/// the configuration allowed it for a loopback issuer. Shared by the key fetcher and the
+/// sign-in page's calls to the provider.
+pub(crate) fn issuer_connector(
+    issuer: &kubegate_config::OidcIssuer,
+) -> std::io::Result<HttpsConnector<HttpConnector>> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    // An AuthenticationConfiguration file gives its CA inline (certificateAuthority).
+    let roots = match (
+        &issuer.certificate_authority_pem,
+        &issuer.certificate_authority,
+    ) {
+        (Some(pem), _) => Some(
+            crate::listener::tls::roots_from_pem(pem.as_bytes(), "certificateAuthority")
+                .map_err(std::io::Error::other)?,
+        ),
+        (None, Some(ca)) => {
+            Some(crate::listener::tls::root_store(&ca.value).map_err(std::io::Error::other)?)
+        }
+        (None, None) => None,
+    };
+    let builder = match roots {
+        Some(roots) => {
+            let tls = rustls::ClientConfig::builder_with_provider(crate::listener::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(std::io::Error::other)?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(tls)
+        }
+        None => builder.with_provider_and_native_roots(crate::listener::tls::provider())?,
+    };
+    let connector = if issuer.insecure_http {
+        builder.https_or_http().enable_http1().build()
+    } else {
+        builder.https_only().enable_http1().build()
+    };
+    Ok(connector)
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 
 pub(crate) mod compile;
 mod decide;
+mod describe;
 mod escalation;
 mod model;
 mod review;
@@ -17,6 +18,7 @@ use crate::request::RequestAttributes;
 use crate::subject::Subject;
 
 pub use decide::Decision;
+pub use describe::RuleDescription;
 pub use model::METHODS as HTTP_METHODS;
 pub use review::{Cell, Grants};
 
