@@ -11,11 +11,16 @@
 // Extra test-only routes on the same port:
 //   POST /test/rotate    new RSA key (k2, k3, ...); the old one leaves the JWKS
 //   POST /test/shutdown  answer, then exit 0
+//   POST /test/id-token-ttl?seconds=N  ID tokens issued from now on live N seconds
+//   GET  /test/stats     {"grants": {"<grant_type>": count, ...}} tokens served per grant
+//   GET/POST /interaction/<uid>  the test sign-in page (a username, no password)
 
 import { generateKeyPairSync } from 'node:crypto';
 import http from 'node:http';
 
 import Provider, { errors } from 'oidc-provider';
+
+import * as plugin from './plugin_client.mjs';
 
 // oidc-provider prints its NOTICE lines with console.info (stdout). Stdout is
 // reserved for the single READY line, so send console.log/info to stderr.
@@ -53,24 +58,31 @@ function newSigningKey() {
 
 function buildProvider(issuer, signingJwk) {
   const provider = new Provider(issuer, {
-    clients: [CLIENT_ID, ...Object.keys(CEL_CLAIMS)].map((client_id) => ({
-      client_id,
-      client_secret: CLIENT_SECRET,
-      grant_types: ['client_credentials'],
-      response_types: [],
-      redirect_uris: [],
-      token_endpoint_auth_method: 'client_secret_post',
-    })),
+    clients: [
+      ...[CLIENT_ID, ...Object.keys(CEL_CLAIMS)].map((client_id) => ({
+        client_id,
+        client_secret: CLIENT_SECRET,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_post',
+      })),
+      plugin.CLIENT,
+    ],
+    // The credential plugin's users, sign-in pages and ID tokens (plugin_client.mjs).
+    ...plugin.providerOptions(),
     jwks: { keys: [signingJwk] },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       introspection: { enabled: false },
-      revocation: { enabled: false },
+      ...plugin.features(),
       resourceIndicators: {
         enabled: true,
-        // client_credentials requests without a `resource` parameter get this one.
-        defaultResource: async () => RESOURCE,
+        // client_credentials requests without a `resource` parameter get this one; the
+        // plugin's sign-ins ask for ID tokens, not an access token for the gateway.
+        defaultResource: async (_ctx, client) =>
+          (client?.clientId === plugin.CLIENT_ID ? undefined : RESOURCE),
         useGrantedResource: async () => true,
         getResourceServerInfo: async (_ctx, resourceIndicator) => {
           if (resourceIndicator !== RESOURCE) {
@@ -101,12 +113,14 @@ function buildProvider(issuer, signingJwk) {
     ttl: {
       AccessToken: TOKEN_TTL,
       ClientCredentials: TOKEN_TTL,
+      ...plugin.ttl(),
     },
     clientBasedCORS: () => false,
     // Cookies are unused for client_credentials; fixed keys silence the warning.
     cookies: { keys: ['kubegate-test-cookie-key'] },
   });
   provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+  plugin.attach(provider);
   return provider;
 }
 
@@ -133,6 +147,9 @@ function sendJson(res, status, body) {
 
 const server = http.createServer((req, res) => {
   const path = (req.url || '/').split('?')[0];
+  if (plugin.handle(req, res, path, handler, sendJson)) {
+    return;
+  }
   if (path.startsWith('/test/')) {
     // Drain any body; these routes take no input.
     req.resume();
