@@ -11,6 +11,8 @@
 //! - [`upstream`]: the kube-apiserver connection and the gateway's own credential;
 //! - [`audit`]: the audit trail, from a request's facts to rotated files;
 //! - [`signin`]: the sign-in web page under `/kubegate/`, which hands out a kubeconfig;
+//! - [`login`]: the client side of sign-in: the `get-token` credential plugin, `login`,
+//!   `logout` and `kubeconfig` (it runs on the user's machine, not in the gateway);
 //! - [`ops`]: what operators touch: health and metrics, reloads, logs, shutdown;
 //! - [`app`]: start-up from a validated configuration; [`error`]: the one place failures
 //!   become responses; [`dev`] (feature `dev`): the zero-setup dev mode.
@@ -22,6 +24,7 @@ pub mod authn;
 pub mod dev;
 pub mod error;
 pub mod listener;
+pub mod login;
 pub mod ops;
 pub mod pipeline;
 pub mod recording;

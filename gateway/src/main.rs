@@ -1,15 +1,15 @@
-//! The `kubegate` command: serve, check a configuration, run the zero-setup dev mode, and
-//! review policies.
+//! The `kubegate` command: serve, check a configuration, run the zero-setup dev mode,
+//! review policies, and sign in (the kubectl credential plugin and its companions).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kubegate::app;
 #[cfg(feature = "dev")]
 use kubegate::dev::{self, DevOptions};
 use kubegate::ops::logwriter::{LingeringStderr, LogFlusher};
+use kubegate::{app, login};
 use kubegate_policy::{Policy, RequestAttributes, Subject, normalize_path, resolve};
 
 #[derive(Parser)]
@@ -73,6 +73,23 @@ enum Command {
     /// Review authentication.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// kubectl credential plugin: print an ExecCredential with a fresh ID token (cached,
+    /// refreshed, or from a new sign-in at the OpenID provider).
+    GetToken(login::args::GetTokenArgs),
+    /// Sign in now and, with --server, write the kubeconfig entry that uses the plugin.
+    Login {
+        #[command(flatten)]
+        entry: login::args::EntryArgs,
+        #[command(flatten)]
+        sign_in: login::args::SignInArgs,
+        /// Sign in even when the cached token is still good.
+        #[arg(long)]
+        force_refresh: bool,
+    },
+    /// Delete cached tokens and revoke their refresh tokens at the provider.
+    Logout(login::args::LogoutArgs),
+    /// Print a kubeconfig for a gateway whose user runs `kubegate get-token` (no token).
+    Kubeconfig(login::args::EntryArgs),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +175,42 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::GetToken(args) => {
+            app::install_crypto_provider();
+            let env = login::Environment::from_process();
+            let credential =
+                login::plugin::get_token(&args.provider, &args.sign_in, args.force_refresh, &env)
+                    .await?;
+            // The only line on stdout: kubectl parses all of it.
+            println!("{credential}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Login {
+            entry,
+            sign_in,
+            force_refresh,
+        } => {
+            app::install_crypto_provider();
+            let env = login::Environment::from_process();
+            if let Some(path) = login::login(&entry, &sign_in, force_refresh, &env).await? {
+                println!(
+                    "kubeconfig {}: context {} written; try: kubectl --context {} get pods",
+                    path.display(),
+                    entry.context,
+                    entry.context
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logout(args) => {
+            app::install_crypto_provider();
+            login::logout::logout(&args, &login::Environment::from_process()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kubeconfig(entry) => {
+            print!("{}", login::kubeconfig::render(&entry)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config } => {
             let config = kubegate_config::load(&config)?;
             let mut prepared = app::prepare(&config).await?;

@@ -13,12 +13,17 @@
 // Extra test-only routes on the same port:
 //   POST /test/rotate    new RSA key (k2, k3, ...); the old one leaves the JWKS
 //   POST /test/shutdown  answer, then exit 0
-//   GET/POST /interaction/<uid>   the test login page (see the web-page block below)
+//   POST /test/id-token-ttl?seconds=N  ID tokens issued from now on live N seconds
+//   GET  /test/stats     {"grants": {"<grant_type>": count, ...}} tokens served per grant
+//   GET/POST /interaction/<uid>   the test login page (see the web-page block below):
+//                        user and password; the plugin's public client needs no password
 
 import { generateKeyPairSync } from 'node:crypto';
 import http from 'node:http';
 
 import Provider, { errors } from 'oidc-provider';
+
+import * as plugin from './plugin_client.mjs';
 
 // oidc-provider prints its NOTICE lines with console.info (stdout). Stdout is
 // reserved for the single READY line, so send console.log/info to stderr.
@@ -85,7 +90,8 @@ const WEB_SETTINGS = {
       },
     };
   },
-  claims: { openid: ['sub'], groups: ['groups'], email: ['email'], profile: ['name'] },
+  // groups and name under openid too: the plugin's client asks for openid alone.
+  claims: { openid: ['sub', 'name', 'groups'], groups: ['groups'], email: ['email'], profile: ['name'] },
   conformIdTokenClaims: false,
   pkce: { required: () => true },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
@@ -117,6 +123,22 @@ async function webInteraction(provider, req, res) {
   try {
     const details = await provider.interactionDetails(req, res);
     const uid = details.uid;
+    if (details.prompt.name === 'consent') {
+      // A test provider grants what was asked (offline_access, for instance, which
+      // loadExistingGrant does not take as given).
+      const grant = details.grantId
+        ? await provider.Grant.find(details.grantId)
+        : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+      const missing = details.prompt.details;
+      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+      for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+        grant.addResourceScope(indicator, scopes.join(' '));
+      }
+      const grantId = await grant.save();
+      await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+      return;
+    }
     let message = '';
     if (req.method === 'POST') {
       const body = await new Promise((resolve) => {
@@ -126,7 +148,9 @@ async function webInteraction(provider, req, res) {
       });
       const login = body.get('login') ?? '';
       const user = WEB_USERS[login];
-      if (user && body.get('password') === user.password) {
+      // The credential plugin's scripted browser (browser.mjs) gives a user name only.
+      const passwordless = details.params.client_id === plugin.CLIENT_ID;
+      if (user && (passwordless || body.get('password') === user.password)) {
         await provider.interactionFinished(req, res, { login: { accountId: login } },
           { mergeWithLastSubmission: false });
         return;
@@ -158,25 +182,34 @@ function newSigningKey() {
 
 function buildProvider(issuer, signingJwk) {
   const provider = new Provider(issuer, {
-    clients: [CLIENT_ID, ...Object.keys(CEL_CLAIMS)].map((client_id) => ({
-      client_id,
-      client_secret: CLIENT_SECRET,
-      grant_types: ['client_credentials'],
-      response_types: [],
-      redirect_uris: [],
-      token_endpoint_auth_method: 'client_secret_post',
-    })).concat(webClients()),
+    clients: [
+      ...[CLIENT_ID, ...Object.keys(CEL_CLAIMS)].map((client_id) => ({
+        client_id,
+        client_secret: CLIENT_SECRET,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_post',
+      })),
+      ...webClients(),
+      plugin.CLIENT,
+    ],
+    // One set of test users, one login page and consent taken as given, for the web-page
+    // clients and the credential plugin's client alike; the plugin adds its refresh rule.
     ...WEB_SETTINGS,
+    ...plugin.providerOptions(),
     jwks: { keys: [signingJwk] },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       introspection: { enabled: false },
-      revocation: { enabled: false },
+      ...plugin.features(),
       resourceIndicators: {
         enabled: true,
-        // client_credentials requests without a `resource` parameter get this one.
-        defaultResource: async () => RESOURCE,
+        // client_credentials requests without a `resource` parameter get this one; the
+        // plugin's sign-ins ask for ID tokens, not an access token for the gateway.
+        defaultResource: async (_ctx, client) =>
+          (client?.clientId === plugin.CLIENT_ID ? undefined : RESOURCE),
         useGrantedResource: async () => true,
         getResourceServerInfo: async (_ctx, resourceIndicator) => {
           if (resourceIndicator !== RESOURCE) {
@@ -207,12 +240,14 @@ function buildProvider(issuer, signingJwk) {
     ttl: {
       AccessToken: TOKEN_TTL,
       ClientCredentials: TOKEN_TTL,
+      ...plugin.ttl(),
     },
     clientBasedCORS: () => false,
     // Cookies are unused for client_credentials; fixed keys silence the warning.
     cookies: { keys: ['kubegate-test-cookie-key'] },
   });
   provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+  plugin.attach(provider);
   return provider;
 }
 
@@ -241,6 +276,9 @@ function sendJson(res, status, body) {
 
 const server = http.createServer((req, res) => {
   const path = (req.url || '/').split('?')[0];
+  if (plugin.handle(req, res, path, handler, sendJson)) {
+    return;
+  }
   if (path.startsWith('/test/')) {
     // Drain any body; these routes take no input.
     req.resume();

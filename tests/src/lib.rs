@@ -919,3 +919,39 @@ pub fn cell_request(
         other => panic!("no request for verb {other}"),
     }
 }
+
+/// The `kubegate` binary of this workspace, built once per test binary (`cargo build -p
+/// kubegate --bin kubegate`): a test in this crate cannot name another crate's binary
+/// with `CARGO_BIN_EXE_*`, and a stale one from an earlier build would test old code.
+pub fn kubegate_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        let output = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "kubegate",
+                "--bin",
+                "kubegate",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(workspace)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("cargo runs to build the kubegate binary");
+        assert!(
+            output.status.success(),
+            "building the kubegate binary failed"
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|m| m["target"]["name"] == "kubegate")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the kubegate executable")
+    })
+    .clone()
+}

@@ -186,3 +186,55 @@ pub async fn sign_in_at_provider(authorize_url: &str, user: &str, password: &str
     }
     panic!("the provider's sign-in did not end in 10 steps (last {url})");
 }
+
+/// The fixture's public client for the credential plugin (tests/oidc/plugin_client.mjs).
+pub const PLUGIN_CLIENT_ID: &str = "kubegate-cli";
+
+/// The scripted browser that signs in at the fixture (`--browser-command`).
+pub fn browser_script() -> PathBuf {
+    fixture().join("browser.mjs")
+}
+
+/// GET from the provider: (status, JSON body or null).
+pub async fn get(url: &str) -> (StatusCode, serde_json::Value) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = client.request(request).await.expect("provider answers");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+impl Provider {
+    /// How many tokens the token endpoint has served for `grant_type` since start.
+    pub async fn grants(&self, grant_type: &str) -> u64 {
+        let (status, body) = get(&format!("{}/test/stats", self.issuer)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["grants"][grant_type].as_u64().unwrap_or(0)
+    }
+
+    /// ID tokens issued from now on live `seconds`.
+    pub async fn set_id_token_ttl(&self, seconds: u32) {
+        let (status, body) = post(
+            &format!("{}/test/id-token-ttl?seconds={seconds}", self.issuer),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// A field of the discovery document.
+    pub async fn discovery(&self, field: &str) -> String {
+        let (status, body) =
+            get(&format!("{}/.well-known/openid-configuration", self.issuer)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body[field].as_str().unwrap_or_default().to_string()
+    }
+}

@@ -460,7 +460,7 @@ async fn an_access_denied_and_an_expired_sign_in_get_a_clear_page() {
         "{}",
         text(&r)
     );
-    let records = gw.signin_records(3).await;
+    let records = gw.signin_records(5).await;
     assert!(
         records
             .iter()
