@@ -16,14 +16,14 @@ use axum::response::Html;
 use axum::routing::get;
 use http::StatusCode;
 use openidconnect::core::CoreAuthenticationFlow;
-use openidconnect::{AuthorizationCode, CsrfToken, Nonce, PkceCodeChallenge, RedirectUrl, Scope};
+use openidconnect::{CsrfToken, Nonce, PkceCodeChallenge, RedirectUrl, Scope};
 use tokio::sync::oneshot;
 
 use super::args::SignInArgs;
 use super::browser;
 use super::cache::CachedTokens;
 use super::error::LoginError;
-use super::provider::{NonceCheck, Provider, error_chain};
+use super::provider::Provider;
 
 /// The redirect path on the loopback listener.
 pub const CALLBACK_PATH: &str = "/callback";
@@ -194,20 +194,7 @@ pub async fn sign_in(
         Ok(Err(_)) => return Err(LoginError::Timeout(args.authentication_timeout)),
         Ok(Ok(outcome)) => outcome?,
     };
-    let response = client
-        .exchange_code(AuthorizationCode::new(code))
-        .map_err(|_| LoginError::Unsupported {
-            issuer: provider.issuer.clone(),
-            what: "token endpoint",
-        })?
-        .set_pkce_verifier(verifier)
-        .request_async(&provider.http)
-        .await
-        .map_err(|e| LoginError::TokenRequest {
-            grant: "authorization code",
-            reason: error_chain(&e),
-        })?;
-    provider.verify(&response, NonceCheck::Exact(&nonce), None)
+    provider.redeem_code(&client, code, verifier, &nonce).await
 }
 
 #[cfg(test)]

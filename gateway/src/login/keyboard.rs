@@ -9,13 +9,13 @@
 use std::io::BufRead;
 
 use openidconnect::core::CoreAuthenticationFlow;
-use openidconnect::{AuthorizationCode, CsrfToken, Nonce, PkceCodeChallenge, RedirectUrl, Scope};
+use openidconnect::{CsrfToken, Nonce, PkceCodeChallenge, RedirectUrl, Scope};
 
 use super::args::SignInArgs;
 use super::browser;
 use super::cache::CachedTokens;
 use super::error::LoginError;
-use super::provider::{NonceCheck, Provider, error_chain};
+use super::provider::Provider;
 
 /// The out-of-band redirect URI.
 pub const OOB: &str = "urn:ietf:wg:oauth:2.0:oob";
@@ -103,20 +103,7 @@ pub async fn sign_in(
     .map_err(|_| LoginError::Timeout(args.authentication_timeout))?
     .map_err(|e| LoginError::Prompt(std::io::Error::other(e)))??;
     let code = parse_pasted(&line, state.secret())?;
-    let response = client
-        .exchange_code(AuthorizationCode::new(code))
-        .map_err(|_| LoginError::Unsupported {
-            issuer: provider.issuer.clone(),
-            what: "token endpoint",
-        })?
-        .set_pkce_verifier(verifier)
-        .request_async(&provider.http)
-        .await
-        .map_err(|e| LoginError::TokenRequest {
-            grant: "authorization code",
-            reason: error_chain(&e),
-        })?;
-    provider.verify(&response, NonceCheck::Exact(&nonce), None)
+    provider.redeem_code(&client, code, verifier, &nonce).await
 }
 
 #[cfg(test)]

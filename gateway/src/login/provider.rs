@@ -167,6 +167,32 @@ impl Provider {
         })
     }
 
+    /// Redeems an authorization `code` (with its PKCE verifier, at the token endpoint of
+    /// `client`, which carries the redirect URI the code was issued for) and verifies the
+    /// ID token against `nonce`: the last step of the browser and the keyboard flows.
+    pub async fn redeem_code(
+        &self,
+        client: &Client,
+        code: String,
+        verifier: openidconnect::PkceCodeVerifier,
+        nonce: &openidconnect::Nonce,
+    ) -> Result<CachedTokens, LoginError> {
+        let response = client
+            .exchange_code(openidconnect::AuthorizationCode::new(code))
+            .map_err(|_| LoginError::Unsupported {
+                issuer: self.issuer.clone(),
+                what: "token endpoint",
+            })?
+            .set_pkce_verifier(verifier)
+            .request_async(&self.http)
+            .await
+            .map_err(|e| LoginError::TokenRequest {
+                grant: "authorization code",
+                reason: error_chain(&e),
+            })?;
+        self.verify(&response, NonceCheck::Exact(nonce), None)
+    }
+
     /// Checks the ID token of a token response and returns what the cache keeps.
     pub fn verify(
         &self,
