@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
@@ -138,7 +138,13 @@ impl Gateway {
                 "kubegate answers access and rules reviews only in authorization.k8s.io/v1",
             ));
         }
-        let body = read_body(&parts.headers, body, self.limits.max_request_body).await?;
+        let body = read_body(
+            &parts.headers,
+            body,
+            self.limits.max_request_body,
+            self.upstream.timeout(),
+        )
+        .await?;
         let protobuf = is_protobuf(&parts.headers);
         let peer = peer_of(&parts);
         let ask = Asker {
@@ -608,10 +614,20 @@ fn is_protobuf(headers: &HeaderMap) -> bool {
 }
 
 /// The client's review body, whole, under the request body cap.
-async fn read_body(headers: &HeaderMap, body: Body, cap: u64) -> Result<Bytes, GatewayError> {
+/// The review's body, at most `cap` bytes, in full within `deadline`: the gateway reads it
+/// itself instead of streaming it on, so the client's pace would otherwise be unbounded.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    cap: u64,
+    deadline: Duration,
+) -> Result<Bytes, GatewayError> {
     let (body, watch) = super::stream::request_body(headers, body, Some(cap))?;
     let limit = usize::try_from(cap).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| GatewayError::BadRequest("the review's body did not arrive in time"))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(GatewayError::PayloadTooLarge { limit: cap })
@@ -1036,6 +1052,18 @@ mod tests {
         // `kubectl auth can-i --list -n dev`.
         let body = b"k8s\x00\n1\n\x17authorization.k8s.io/v1\x12\x16SelfSubjectRulesReview\x12\x1f\n\x10\n\x00\x12\x00\x1a\x00\"\x00*\x002\x008\x00B\x00\x12\x05\n\x03dev\x1a\x04\x18\x00\"\x00\x1a\x00\"\x00";
         assert_eq!(rules_namespace(body, true).unwrap(), "dev");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_review_body_that_never_arrives_is_refused_at_the_deadline() {
+        let never =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let headers = HeaderMap::new();
+        let read = read_body(&headers, never, 1024, Duration::from_secs(30)).await;
+        match read {
+            Err(GatewayError::BadRequest(message)) => assert!(message.contains("in time")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
