@@ -462,10 +462,12 @@ fn client_config() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsV
 }
 
 /// A raw TLS connector trusting `ca_pem` (for connection-level tests).
-pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
-    let tls = client_config()
+pub fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut tls = client_config()
         .with_root_certificates(roots(ca_pem))
         .with_no_client_auth();
+    // The gateway serves HTTP/2 only when ALPN agreed on it, as the API server does.
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
 }
 

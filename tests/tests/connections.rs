@@ -42,8 +42,19 @@ async fn tcp_from(gw: &TestGateway, source: [u8; 4]) -> TcpStream {
 }
 
 async fn tls(gw: &TestGateway, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_offering(gw, tcp, &[b"h2", b"http/1.1"]).await
+}
+
+/// A TLS connection whose ALPN offers `protocols`: the gateway serves the one agreed on.
+async fn tls_offering(
+    gw: &TestGateway,
+    tcp: TcpStream,
+    protocols: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    tls_connector(&gw.pki.ca_pem).connect(name, tcp).await
+    tls_connector(&gw.pki.ca_pem, protocols)
+        .connect(name, tcp)
+        .await
 }
 
 /// Reads until the gateway closes the connection; how long that took, or a panic naming
@@ -189,7 +200,7 @@ async fn an_idle_tls_connection_is_closed_at_the_header_deadline() {
 async fn a_partial_http2_preface_is_closed_at_the_header_deadline() {
     let gw = gateway("header_read_timeout = \"1s\"", None).await;
     let mut tls = tls(&gw, tcp_from(&gw, [127, 0, 0, 1]).await).await.unwrap();
-    // The first 16 of the preface's 24 bytes: protocol detection waits for the rest.
+    // ALPN agreed on HTTP/2; the first 16 of the preface's 24 bytes, and the rest never.
     tls.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     tls.flush().await.unwrap();
     closed_within(tls, Duration::from_secs(1), "partial preface").await;
@@ -225,7 +236,8 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() 
     // The header deadline (which hyper also applies while a keep-alive connection waits
     // for its next request) is longer: the idle timeout is what closes it.
     let gw = gateway("header_read_timeout = \"6s\"\nidle_timeout = \"1s\"", None).await;
-    let tls = tls(&gw, tcp_from(&gw, [127, 0, 0, 1]).await).await.unwrap();
+    let tcp = tcp_from(&gw, [127, 0, 0, 1]).await;
+    let tls = tls_offering(&gw, tcp, &[b"http/1.1"]).await.unwrap();
     let (mut sender, conn) = h1(tls).await;
     let request = get(&gw, "/version", false);
     let response = sender.send_request(request).await.unwrap();
@@ -239,7 +251,9 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() 
 async fn an_open_watch_keeps_its_connection_past_the_idle_timeout() {
     let gw = gateway("header_read_timeout = \"1s\"\nidle_timeout = \"1s\"", None).await;
     for http2 in [true, false] {
-        let tls = tls(&gw, tcp_from(&gw, [127, 0, 0, 1]).await).await.unwrap();
+        let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tcp = tcp_from(&gw, [127, 0, 0, 1]).await;
+        let tls = tls_offering(&gw, tcp, alpn).await.unwrap();
         // The senders are kept: a client connection whose last sender is gone closes.
         let (mut h2_sender, mut h1_sender) = (None, None);
         let (response, conn) = if http2 {
@@ -331,4 +345,19 @@ async fn one_address_cannot_hold_more_than_its_connection_cap() {
         tls(&gw, tcp_from(&gw, [127, 0, 0, 1]).await).await.is_ok()
     })
     .await;
+}
+
+#[tokio::test]
+async fn http2_is_served_only_when_alpn_agreed_on_it() {
+    // As the API server: over TLS, HTTP/2 is chosen in the handshake, never sniffed.
+    let gw = gateway("", None).await;
+    let tcp = tcp_from(&gw, [127, 0, 0, 1]).await;
+    let (mut sender, conn) = h2_pinging(tls_offering(&gw, tcp, &[]).await.unwrap()).await;
+    let refused = sender.send_request(get(&gw, "/version", true)).await;
+    assert!(refused.is_err(), "HTTP/2 without ALPN was served");
+    assert!(conn.await.unwrap().is_err());
+
+    let tcp = tcp_from(&gw, [127, 0, 0, 1]).await;
+    let (mut sender, _conn) = h2_pinging(tls_offering(&gw, tcp, &[b"h2"]).await.unwrap()).await;
+    version_over_h2(&gw, &mut sender).await;
 }

@@ -123,7 +123,7 @@ async fn connections_past_the_cap_wait_for_a_free_slot() {
         ..Default::default()
     })
     .await;
-    let connector = kubegate_tests::tls_connector(&gw.pki.ca_pem);
+    let connector = kubegate_tests::tls_connector(&gw.pki.ca_pem, &[b"h2", b"http/1.1"]);
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let addr = gw.running.addr();
     let first = connector

@@ -34,8 +34,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -126,7 +126,8 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 struct Connections {
     acceptor: TlsAcceptor,
     app: Router,
-    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     handshake_timeout: Duration,
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -408,14 +409,13 @@ pub async fn serve(
     // Every connection holds a receiver; shutdown signals them all, then waits until the
     // last one has dropped its receiver.
     let (stop, _) = watch::channel(());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.listen.header_read_timeout)
         .keep_alive(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
@@ -423,7 +423,8 @@ pub async fn serve(
     let connections = Arc::new(Connections {
         acceptor: TlsAcceptor::from(tls),
         app,
-        builder,
+        http1,
+        http2,
         handshake_timeout: options.listen.handshake_timeout,
         header_read_timeout: options.listen.header_read_timeout,
         idle_timeout: options.listen.idle_timeout,
@@ -600,15 +601,25 @@ async fn serve_connection(
             }
         }
     });
-    let mut conn = pin!(
-        connections
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(tls), service)
-    );
+    // The protocol is the one TLS agreed on (ALPN), as the API server decides it: no
+    // sniffing of the first bytes, whose short read would also double hyper's HTTP/1
+    // read buffer to 16 KiB for the connection's life.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let mut conn = if h2 {
+        Served::h2(connections.http2.serve_connection(io, service))
+    } else {
+        Served::h1(
+            connections
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades(),
+        )
+    };
     let result = tokio::select! {
-        result = conn.as_mut() => result,
+        result = &mut conn => result,
         _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
+            conn.graceful_shutdown();
             conn.await
         }
         expired = activity.expired() => match expired {
@@ -620,10 +631,10 @@ async fn serve_connection(
             Expired::Idle => {
                 debug!(%peer, "idle; closing");
                 // HTTP/2: GOAWAY, then the peer's acknowledgement; HTTP/1.1: closed now.
-                conn.as_mut().graceful_shutdown();
+                conn.graceful_shutdown();
                 activity.draining(CLOSE_DRAIN.min(connections.idle_timeout));
                 tokio::select! {
-                    result = conn.as_mut() => result,
+                    result = &mut conn => result,
                     _ = activity.expired() => Ok(()),
                 }
             }
@@ -631,6 +642,73 @@ async fn serve_connection(
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A connection served by the protocol its TLS handshake agreed on. Boxed, so the
+/// connection task stays small and either side is `Unpin`.
+struct Served<H1, H2> {
+    conn: Protocol<H1, H2>,
+    /// Asked to shut down gracefully; applied at the next poll.
+    closing: bool,
+}
+
+enum Protocol<H1, H2> {
+    H1(Pin<Box<H1>>),
+    H2(Pin<Box<H2>>),
+}
+
+impl<H1, H2> Served<H1, H2> {
+    fn h1(conn: H1) -> Self {
+        Served {
+            conn: Protocol::H1(Box::pin(conn)),
+            closing: false,
+        }
+    }
+
+    fn h2(conn: H2) -> Self {
+        Served {
+            conn: Protocol::H2(Box::pin(conn)),
+            closing: false,
+        }
+    }
+
+    /// HTTP/2: GOAWAY, then the open streams finish; HTTP/1.1: the request in flight
+    /// finishes, then the connection closes. Takes effect when the connection is next
+    /// polled, which every caller does at once.
+    fn graceful_shutdown(&mut self) {
+        self.closing = true;
+    }
+}
+
+impl<I, S, B, E> Future for Served<http1::UpgradeableConnection<I, S>, http2::Connection<I, S, E>>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let closing = std::mem::take(&mut this.closing);
+        match &mut this.conn {
+            Protocol::H1(conn) => {
+                if closing {
+                    conn.as_mut().graceful_shutdown();
+                }
+                conn.as_mut().poll(cx)
+            }
+            Protocol::H2(conn) => {
+                if closing {
+                    conn.as_mut().graceful_shutdown();
+                }
+                conn.as_mut().poll(cx)
+            }
+        }
     }
 }
 
