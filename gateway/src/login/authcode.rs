@@ -149,7 +149,7 @@ pub async fn sign_in(
         })?;
     let redirect = RedirectUrl::new(format!("http://{addr}{CALLBACK_PATH}"))
         .map_err(|e| LoginError::BadArgument(format!("redirect URL: {e}")))?;
-    let client = provider.client.clone().set_redirect_uri(redirect);
+    let client = provider.client.clone().set_redirect_uri(redirect.clone());
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client.authorize_url(
         CoreAuthenticationFlow::AuthorizationCode,
@@ -160,6 +160,10 @@ pub async fn sign_in(
         request = request.add_scope(Scope::new(scope.clone()));
     }
     let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+    // A wrong client id or redirect URI fails now, not after the authentication timeout.
+    provider
+        .probe_authorization(&url, redirect.as_str())
+        .await?;
 
     let (done, outcome) = oneshot::channel();
     let callback = Arc::new(Callback {
