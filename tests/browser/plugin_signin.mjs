@@ -5,10 +5,10 @@
 // browser. It then does what a person does on the test provider's pages:
 //
 //   authorization URL   sign in on the login page; the provider redirects to the plugin's
-//                       loopback callback, whose page must say "Signed in"; or, for the
-//                       keyboard flow (redirect urn:ietf:wg:oauth:2.0:oob), the provider
-//                       shows the code (#code), which goes to KUBEGATE_TEST_CODE_FILE for
-//                       the test to type at the terminal
+//                       loopback callback, whose page must say it received the sign-in;
+//                       or, for the keyboard flow (redirect urn:ietf:wg:oauth:2.0:oob),
+//                       the provider shows the code (#code), which goes to
+//                       KUBEGATE_TEST_CODE_FILE for the test to type at the terminal
 //   verification URI    the device flow: open the plain verification URI, type the user code
 //   (/device?user_code) from the URL, confirm it, sign in, wait for "Sign-in Success"
 //
@@ -105,7 +105,7 @@ async function authorizationCode(page) {
   if (process.env.KUBEGATE_TEST_CALLBACK_LOG) {
     appendFileSync(process.env.KUBEGATE_TEST_CALLBACK_LOG, `${reached}\n`);
   }
-  if (!/Signed in/.test(text)) throw new Error(`the callback page says: ${text}`);
+  if (!/kubegate received the sign-in/.test(text)) throw new Error(`the callback page says: ${text}`);
 }
 
 async function deviceCode(page) {

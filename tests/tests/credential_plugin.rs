@@ -860,4 +860,12 @@ async fn bad_input_gets_a_specific_error_and_stores_nothing() {
         2,
         "only the two state probes opened the browser"
     );
+    // No token of any sign-in above (other client ids have other cache files).
+    let tokens: Vec<_> = std::fs::read_dir(s.cache_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| e.path())
+        .collect();
+    assert!(tokens.is_empty(), "no token written: {tokens:?}");
 }

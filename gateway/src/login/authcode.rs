@@ -104,9 +104,11 @@ async fn on_callback(
 ) -> (StatusCode, Html<String>) {
     let outcome = judge(&query, &callback.state, &callback.issuer);
     let page = match &outcome {
+        // The code is redeemed after this page is answered: the terminal says whether the
+        // sign-in worked (a replayed or expired code fails there), so the page claims no more.
         Ok(_) => (
             StatusCode::OK,
-            "Signed in. You can close this window and go back to the terminal.".to_string(),
+            "kubegate received the sign-in. Go back to the terminal, which shows whether it worked; you can close this window.".to_string(),
         ),
         Err(e) => (StatusCode::BAD_REQUEST, format!("Sign-in refused: {e}")),
     };
