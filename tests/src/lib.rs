@@ -21,6 +21,7 @@ use kubegate_sandbox::{Sandbox, SandboxOptions};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use serde_json::{Value, json};
 
+pub mod browser;
 pub mod oidc_provider;
 
 /// The issuer URL of the test identity provider.

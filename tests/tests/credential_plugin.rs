@@ -1,8 +1,12 @@
 //! The credential plugin (`kubegate get-token`, `kubeconfig`, `login`, `logout`) against
 //! the real OpenID provider (tests/oidc) and a real gateway, driven by the real kubectl.
-//! The "browser" is tests/oidc/browser.mjs, which fills the provider's sign-in form as a
-//! person would; the provider counts the grants it served, so "one sign-in for eight
-//! kubectl runs" is counted where it happens.
+//! The browser is headless Chromium (Debian's `chromium`, tests/browser/plugin_signin.mjs
+//! as `--browser-command`, screenshots under target/tmp/credential-plugin/) for the flows
+//! a person sees: kubectl's sign-in, the device flow, the keyboard flow and a replayed
+//! code. Where only the protocol matters (refreshes, logout, bad input) it is
+//! tests/oidc/browser.mjs, which fills the same forms over plain HTTP in a fraction of
+//! the time. The provider counts the grants it served, so "one sign-in for eight kubectl
+//! runs" is counted where it happens.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use http::StatusCode;
+use kubegate_tests::browser::{browser_driver, chromium};
 use kubegate_tests::oidc_provider::{self, PLUGIN_CLIENT_ID, Provider, start_provider};
 use kubegate_tests::{GatewayOptions, TestGateway, kubectl, kubegate_binary};
 use serde_json::Value;
@@ -26,6 +31,17 @@ struct Setup {
     home: tempfile::TempDir,
     bin: PathBuf,
     kubeconfig: PathBuf,
+    chromium: Option<Chromium>,
+}
+
+/// Headless Chromium as the `--browser-command`.
+struct Chromium {
+    /// Debian's chromium.
+    binary: PathBuf,
+    /// tests/browser/plugin_signin.mjs.
+    script: PathBuf,
+    /// Where its screenshots go (a test artifact).
+    shots: PathBuf,
 }
 
 struct Run {
@@ -35,7 +51,88 @@ struct Run {
 }
 
 impl Setup {
+    /// With the scripted browser as `$BROWSER`.
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// With headless Chromium as the `--browser-command` of get-token and of the
+    /// kubeconfig's exec user (and `$BROWSER` a program that fails, so the flag is what
+    /// opens the page); screenshots go to target/tmp/credential-plugin/`test`.
+    async fn with_chromium(test: &str) -> Self {
+        let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("credential-plugin")
+            .join(test);
+        let _ = std::fs::remove_dir_all(&shots);
+        let chromium = Chromium {
+            binary: chromium(),
+            script: browser_driver().join("plugin_signin.mjs"),
+            shots,
+        };
+        let setup = Self::start_with(Some(chromium)).await;
+        let flag = setup.browser_flag().expect("chromium");
+        setup.add_plugin_args(&[&flag]);
+        setup
+    }
+
+    /// `--browser-command=...` for Chromium, when this setup has it.
+    fn browser_flag(&self) -> Option<String> {
+        self.chromium
+            .as_ref()
+            .map(|c| format!("--browser-command={}", c.script.display()))
+    }
+
+    /// Adds `args` to the kubeconfig's `get-token` arguments.
+    fn add_plugin_args(&self, args: &[&str]) {
+        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.trim() == "- get-token")
+            .expect("the exec args in the kubeconfig")
+            .to_string();
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let mut with = line.clone();
+        for arg in args {
+            with.push_str(&format!("\n{indent}- {arg}"));
+        }
+        std::fs::write(&self.kubeconfig, text.replacen(&line, &with, 1)).unwrap();
+    }
+
+    /// The gateway forwarded its last request as alice (the ID token's `sub`).
+    fn assert_last_request_was_alices(&self) {
+        let last = self.gw.sandbox.requests().into_iter().last();
+        let last = last.expect("a forwarded request");
+        assert_eq!(last.impersonate_user(), Some("alice"), "the ID token's sub");
+    }
+
+    /// Waits for the `count` screenshots Chromium writes of `page` (a browser outlives a
+    /// kubectl run whose plugin it answered, so they may come a little after): each a real
+    /// rendering, more than a blank page's few hundred bytes.
+    async fn screenshots(&self, page: &str, count: usize) {
+        let dir = &self.chromium.as_ref().expect("chromium").shots;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let shots: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
+                .map(|d| d.filter_map(Result::ok).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.file_name().to_string_lossy().contains(page))
+                .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect();
+            if shots.len() == count && shots.iter().all(|(_, len)| *len > 3_000) {
+                eprintln!("screenshots of {page}: {shots:?}");
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {count} screenshots of {page} in {}: {shots:?}",
+                dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn start_with(chromium: Option<Chromium>) -> Self {
         let provider = start_provider();
         let gw = TestGateway::start_with(GatewayOptions {
             oidc_toml: Some(format!(
@@ -59,6 +156,7 @@ impl Setup {
             home,
             bin,
             kubeconfig: PathBuf::new(),
+            chromium,
         };
         let server = setup.gw.url();
         let issuer = setup.provider.issuer.clone();
@@ -129,16 +227,33 @@ impl Setup {
                 format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.display()),
             )
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("BROWSER", oidc_provider::browser_script())
             .env("KUBEGATE_TEST_BROWSER_LOG", self.browser_log())
+            .env(
+                "KUBEGATE_TEST_CALLBACK_LOG",
+                self.home.path().join("callbacks.log"),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        match &self.chromium {
+            None => command.env("BROWSER", oidc_provider::browser_script()),
+            Some(c) => command
+                .env("BROWSER", "/bin/false")
+                .env("CHROMIUM", &c.binary)
+                .env("KUBEGATE_TEST_SHOTS", &c.shots),
+        };
     }
 
     async fn output(mut command: tokio::process::Command) -> Run {
-        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        Self::finish(command.spawn().expect("runs")).await
+    }
+
+    /// Collects a started child (two minutes at most: a Chromium sign-in on a busy
+    /// machine takes seconds, not minutes).
+    async fn finish(child: tokio::process::Child) -> Run {
+        let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
             .await
-            .expect("finished within 60 s")
+            .expect("finished within 120 s")
             .expect("runs");
         Run {
             ok: output.status.success(),
@@ -157,6 +272,7 @@ impl Setup {
 
     /// `kubegate get-token` for the fixture's plugin client.
     async fn get_token(&self, extra: &[&str], env: &[(&str, &str)]) -> Run {
+        let browser = self.browser_flag();
         let mut args = vec![
             "get-token",
             "--oidc-issuer-url",
@@ -166,8 +282,9 @@ impl Setup {
             "--oidc-extra-scope",
             "offline_access",
             "--authentication-timeout",
-            "20s",
+            if browser.is_some() { "90s" } else { "20s" },
         ];
+        args.extend(browser.as_deref());
         args.extend(extra);
         self.kubegate(&args, env).await
     }
@@ -175,6 +292,10 @@ impl Setup {
     /// kubectl with the plugin kubeconfig; `tty`: under `script`, so kubectl sees a
     /// terminal and tells the plugin a person is there (interactiveMode IfAvailable).
     async fn kubectl(&self, args: &[&str], tty: bool) -> Run {
+        Self::output(self.kubectl_command(args, tty)).await
+    }
+
+    fn kubectl_command(&self, args: &[&str], tty: bool) -> tokio::process::Command {
         let mut command = if tty {
             let line = std::iter::once(kubectl().display().to_string())
                 .chain(args.iter().map(|a| a.to_string()))
@@ -189,7 +310,7 @@ impl Setup {
             c
         };
         self.env(&mut command);
-        Self::output(command).await
+        command
     }
 }
 
@@ -233,17 +354,7 @@ async fn get_token_signs_in_with_the_browser_and_the_gateway_accepts_the_token()
     assert_eq!(s.provider.grants(AUTHCODE).await, 1);
     let response = s.gw.get("/api/v1/namespaces/dev/pods", &token).await;
     assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
-    let listed =
-        s.gw.sandbox
-            .requests()
-            .into_iter()
-            .last()
-            .expect("forwarded");
-    assert_eq!(
-        listed.impersonate_user(),
-        Some("alice"),
-        "the ID token's sub"
-    );
+    s.assert_last_request_was_alices();
 
     // Private on disk, and used again without the provider.
     assert_eq!(mode(&s.cache_dir()), 0o700);
@@ -255,9 +366,12 @@ async fn get_token_signs_in_with_the_browser_and_the_gateway_accepts_the_token()
     assert_eq!(s.browser_runs(), 1);
 }
 
+/// The issue's "get pods -n dev works through the gateway after a browser sign-in driven
+/// by --browser-command", eight times at once: one Chromium sign-in serves all eight
+/// (the other seven wait on the cache lock while a real browser takes its seconds).
 #[tokio::test]
 async fn eight_kubectl_runs_share_one_sign_in_then_one_refresh() {
-    let s = Setup::start().await;
+    let s = Setup::with_chromium("eight-kubectl").await;
     let runs = futures_util::future::join_all(
         (0..8).map(|_| s.kubectl(&["get", "pods", "-n", "dev"], true)),
     )
@@ -278,6 +392,9 @@ async fn eight_kubectl_runs_share_one_sign_in_then_one_refresh() {
             .filter(|r| r.path_and_query.starts_with("/api/v1/namespaces/dev/pods"))
             .count();
     assert!(listed >= 8, "each kubectl reached the cluster ({listed})");
+    s.assert_last_request_was_alices();
+    s.screenshots("provider-login", 1).await;
+    s.screenshots("plugin-callback", 1).await;
 
     s.expire_cache();
     // No person needed for a refresh: kubectl without a terminal.
@@ -346,9 +463,11 @@ async fn a_revoked_refresh_token_without_a_person_names_the_command() {
     assert_eq!(s.browser_runs(), 1, "no sign-in was started");
 }
 
+/// Chromium opens the plain verification URI, types the user code the plugin printed,
+/// confirms it and signs in; the plugin's polling then gets the token.
 #[tokio::test]
 async fn the_device_flow_is_completed_in_the_browser() {
-    let s = Setup::start().await;
+    let s = Setup::with_chromium("device-flow").await;
     let run = s.get_token(&["--grant-type", "device-code"], &[]).await;
     let token = credential_token(&run);
     assert!(run.stderr.contains("and enter the code"), "{}", run.stderr);
@@ -356,6 +475,171 @@ async fn the_device_flow_is_completed_in_the_browser() {
     assert_eq!(s.provider.grants(AUTHCODE).await, 0);
     let response = s.gw.get("/api/v1/namespaces/dev/pods", &token).await;
     assert_eq!(response.status, StatusCode::OK);
+    for page in [
+        "provider-device-code",
+        "provider-device-confirm",
+        "provider-login",
+        "provider-device-success",
+    ] {
+        s.screenshots(page, 1).await;
+    }
+}
+
+/// `--grant-type authcode-keyboard` under kubectl: the provider shows the code for the
+/// out-of-band redirect URI, the person types it at the terminal (kubectl's, /dev/tty),
+/// and kubectl gets its answer.
+#[tokio::test]
+async fn the_keyboard_flow_takes_the_code_typed_at_the_terminal() {
+    let s = Setup::with_chromium("keyboard-flow").await;
+    s.add_plugin_args(&["--grant-type=authcode-keyboard"]);
+    let code_file = s.home.path().join("code");
+    let mut command = s.kubectl_command(&["get", "pods", "-n", "dev"], true);
+    command
+        .env("KUBEGATE_TEST_CODE_FILE", &code_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("kubectl runs");
+    // The person reads the code off the provider's page (a Chromium start and sign-in on
+    // a busy machine takes seconds).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let code = loop {
+        if let Some(code) = std::fs::read_to_string(&code_file)
+            .ok()
+            .filter(|c| c.ends_with('\n'))
+        {
+            break code;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the provider showed no code"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    s.screenshots("provider-code", 1).await;
+    let mut stdin = child.stdin.take().expect("stdin");
+    use tokio::io::AsyncWriteExt as _;
+    stdin.write_all(code.as_bytes()).await.unwrap();
+    let run = Setup::finish(child).await;
+    drop(stdin);
+    assert!(run.ok, "kubectl: {} {}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("paste the code"),
+        "the prompt reached the terminal: {}",
+        run.stdout
+    );
+    assert_eq!(s.provider.grants(AUTHCODE).await, 1);
+    let log = std::fs::read_to_string(s.browser_log()).unwrap();
+    assert!(
+        log.contains("redirect_uri=urn%3Aietf%3Awg%3Aoauth%3A2.0%3Aoob"),
+        "{log}"
+    );
+    let token = s.cached()["id_token"].as_str().expect("cached").to_string();
+    let response = s.gw.get("/api/v1/namespaces/dev/pods", &token).await;
+    assert_eq!(response.status, StatusCode::OK);
+}
+
+/// A code that was already redeemed, brought to a new sign-in's callback with that
+/// sign-in's own state: the provider refuses it (PKCE binds a code to the run that asked
+/// for it) and nothing is written.
+#[tokio::test]
+async fn a_replayed_code_is_refused_and_nothing_is_stored() {
+    let s = Setup::with_chromium("replayed-code").await;
+    credential_token(&s.get_token(&[], &[]).await);
+    std::fs::remove_file(s.cache_file()).unwrap();
+    let run = s
+        .get_token(&[], &[("KUBEGATE_TEST_BROWSER_MODE", "replay-code")])
+        .await;
+    assert!(run.stderr.contains("invalid_grant"), "{}", run.stderr);
+    refused(
+        &s,
+        run,
+        "the OpenID provider refused the authorization code: ",
+    )
+    .await;
+    assert!(!s.cache_file().exists(), "no token written");
+    assert_eq!(s.provider.grants(AUTHCODE).await, 1);
+    s.screenshots("replayed-callback", 1).await;
+}
+
+#[tokio::test]
+async fn force_refresh_ignores_a_good_cache_and_makes_one_new_grant() {
+    let s = Setup::start().await;
+    let first = credential_token(&s.get_token(&[], &[]).await);
+    let again = credential_token(&s.get_token(&[], &[]).await);
+    assert_eq!(first, again, "the cache is good");
+    assert_eq!(s.provider.grants(REFRESH).await, 0);
+    let refresh = s.cached()["refresh_token"].clone();
+    let forced = credential_token(&s.get_token(&["--force-refresh"], &[]).await);
+    assert_eq!(s.provider.grants(REFRESH).await, 1, "exactly one new grant");
+    // (The new ID token may equal the old byte for byte when issued in the same second;
+    // the rotated refresh token shows the cache was rewritten from the new grant.)
+    assert_ne!(s.cached()["refresh_token"], refresh);
+    assert_eq!(s.provider.grants(AUTHCODE).await, 1);
+    assert_eq!(s.cached()["id_token"].as_str(), Some(forced.as_str()));
+}
+
+#[tokio::test]
+async fn logout_all_removes_every_context_and_revokes_their_refresh_tokens() {
+    let s = Setup::start().await;
+    // Two sign-ins with different scopes: two cache files, as two contexts make.
+    credential_token(&s.get_token(&[], &[]).await);
+    credential_token(&s.get_token(&["--oidc-extra-scope", "profile"], &[]).await);
+    let files: Vec<PathBuf> = std::fs::read_dir(s.cache_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let refresh_tokens: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let v: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            v["refresh_token"].as_str().expect("refresh").to_string()
+        })
+        .collect();
+    let out = s.kubegate(&["logout", "--all"], &[]).await;
+    assert!(out.ok, "{}", out.stderr);
+    for file in &files {
+        assert!(!file.exists(), "{} removed", file.display());
+    }
+    for refresh in &refresh_tokens {
+        let (status, body) = oidc_provider::post(
+            &format!("{}/token", s.provider.issuer),
+            &format!(
+                "grant_type=refresh_token&refresh_token={refresh}&client_id={PLUGIN_CLIENT_ID}"
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "revoked: {body}");
+        assert_eq!(body["error"], "invalid_grant", "{body}");
+    }
+    let run = s
+        .get_token(&[], &[("KUBERNETES_EXEC_INFO", NON_INTERACTIVE)])
+        .await;
+    refused(&s, run, "run: kubegate login").await;
+}
+
+/// A cache file someone else owns (root's test makes it `nobody`'s) is refused, not
+/// read, not replaced.
+#[tokio::test]
+async fn a_cache_file_of_another_user_is_refused() {
+    let s = Setup::start().await;
+    credential_token(&s.get_token(&[], &[]).await);
+    let before = std::fs::read(s.cache_file()).unwrap();
+    let status = std::process::Command::new("chown")
+        .arg("nobody")
+        .arg(s.cache_file())
+        .status()
+        .expect("chown runs");
+    assert!(status.success(), "chown nobody (the tests run as root)");
+    for extra in [&[][..], &["--force-refresh"][..]] {
+        let run = s.get_token(extra, &[]).await;
+        refused(&s, run, "belongs to another user (uid 65534)").await;
+    }
+    assert_eq!(std::fs::read(s.cache_file()).unwrap(), before, "untouched");
+    assert_eq!(s.provider.grants(AUTHCODE).await, 1);
+    assert_eq!(s.provider.grants(REFRESH).await, 0);
 }
 
 #[tokio::test]
@@ -493,21 +777,53 @@ async fn bad_input_gets_a_specific_error_and_stores_nothing() {
         .await;
     refused(&s, run, "cannot reach the OpenID provider").await;
 
-    let run = s
-        .kubegate(
-            &[
-                "get-token",
-                "--oidc-issuer-url",
-                &s.provider.issuer,
-                "--oidc-client-id",
-                "no-such-client",
-                "--grant-type",
-                "device-code",
-            ],
-            &[],
-        )
-        .await;
-    refused(&s, run, "invalid_client").await;
+    // A client the provider does not know. In the browser and keyboard flows its error
+    // page never reaches the plugin, so the plugin asks the authorization endpoint first
+    // and stops at once instead of waiting out the authentication timeout.
+    let refused_request = "the provider refused the sign-in request (HTTP 400, invalid_client): check --oidc-client-id and that the client allows redirect URI";
+    for (grant, message) in [
+        ("device-code", "invalid_client".to_string()),
+        ("authcode", format!("{refused_request} http://127.0.0.1:")),
+        (
+            "authcode-keyboard",
+            format!("{refused_request} urn:ietf:wg:oauth:2.0:oob"),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let run = s
+            .kubegate(
+                &[
+                    "get-token",
+                    "--oidc-issuer-url",
+                    &s.provider.issuer,
+                    "--oidc-client-id",
+                    "no-such-client",
+                    "--grant-type",
+                    grant,
+                    "--authentication-timeout",
+                    "60s",
+                ],
+                &[],
+            )
+            .await;
+        refused(&s, run, &message).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{grant}: not the timeout: {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Every callback address taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let only = taken.local_addr().unwrap().to_string();
+    let run = s.get_token(&["--listen-address", &only], &[]).await;
+    refused(
+        &s,
+        run,
+        &format!("cannot listen for the sign-in redirect on any of {only}"),
+    )
+    .await;
 
     let run = s
         .get_token(&[], &[("KUBEGATE_TEST_BROWSER_MODE", "no-state")])
@@ -544,4 +860,12 @@ async fn bad_input_gets_a_specific_error_and_stores_nothing() {
         2,
         "only the two state probes opened the browser"
     );
+    // No token of any sign-in above (other client ids have other cache files).
+    let tokens: Vec<_> = std::fs::read_dir(s.cache_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| e.path())
+        .collect();
+    assert!(tokens.is_empty(), "no token written: {tokens:?}");
 }

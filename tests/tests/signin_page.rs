@@ -5,12 +5,13 @@
 //! state, replayed callbacks and codes, `access_denied`, another audience, an expired
 //! sign-in), their audit records and headers, and the prefix refused when `[login]` is off.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
+use kubegate_tests::browser::{browser_driver, chromium};
 use kubegate_tests::oidc_provider::{
     CLIENT_SECRET, Provider, WEB_CLIENT, WEB_CLIENT_OTHER, sign_in_at_provider, start_provider_with,
 };
@@ -558,53 +559,6 @@ async fn the_prefix_is_refused_as_an_api_path_when_login_is_off() {
         })
     })
     .await;
-}
-
-/// Debian's chromium, installed when missing and running as root; otherwise the test fails
-/// with the reason.
-fn chromium() -> PathBuf {
-    let path =
-        PathBuf::from(std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into()));
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if path.is_file() {
-        return path;
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    assert!(
-        root,
-        "chromium is not installed at {} and this is not root: install Debian's chromium package (apt-get install chromium) to run the browser test",
-        path.display()
-    );
-    let status = Command::new("sh")
-        .args([
-            "-c",
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
-        ])
-        .status()
-        .expect("apt-get runs");
-    assert!(
-        status.success() && path.is_file(),
-        "installing Debian's chromium package failed"
-    );
-    path
-}
-
-/// tests/browser's locked dependencies (puppeteer-core), installed once.
-fn browser_driver() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
-    if !dir.join("node_modules/puppeteer-core").is_dir() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm must be installed to drive the browser (Node 20 + npm)");
-        assert!(status.success(), "npm ci failed in {}", dir.display());
-    }
-    dir
 }
 
 #[tokio::test]

@@ -104,9 +104,11 @@ async fn on_callback(
 ) -> (StatusCode, Html<String>) {
     let outcome = judge(&query, &callback.state, &callback.issuer);
     let page = match &outcome {
+        // The code is redeemed after this page is answered: the terminal says whether the
+        // sign-in worked (a replayed or expired code fails there), so the page claims no more.
         Ok(_) => (
             StatusCode::OK,
-            "Signed in. You can close this window and go back to the terminal.".to_string(),
+            "kubegate received the sign-in. Go back to the terminal, which shows whether it worked; you can close this window.".to_string(),
         ),
         Err(e) => (StatusCode::BAD_REQUEST, format!("Sign-in refused: {e}")),
     };
@@ -149,7 +151,7 @@ pub async fn sign_in(
         })?;
     let redirect = RedirectUrl::new(format!("http://{addr}{CALLBACK_PATH}"))
         .map_err(|e| LoginError::BadArgument(format!("redirect URL: {e}")))?;
-    let client = provider.client.clone().set_redirect_uri(redirect);
+    let client = provider.client.clone().set_redirect_uri(redirect.clone());
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client.authorize_url(
         CoreAuthenticationFlow::AuthorizationCode,
@@ -160,6 +162,10 @@ pub async fn sign_in(
         request = request.add_scope(Scope::new(scope.clone()));
     }
     let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+    // A wrong client id or redirect URI fails now, not after the authentication timeout.
+    provider
+        .probe_authorization(&url, redirect.as_str())
+        .await?;
 
     let (done, outcome) = oneshot::channel();
     let callback = Arc::new(Callback {

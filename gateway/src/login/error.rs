@@ -106,6 +106,21 @@ pub enum LoginError {
         /// The provider's description.
         description: Option<String>,
     },
+    /// The authorization endpoint refused the sign-in request itself (an unknown client id,
+    /// a redirect URI the client does not allow): the provider shows an error page and
+    /// never redirects, so without this the sign-in would only time out.
+    #[error(
+        "the provider refused the sign-in request (HTTP {status}{}): check --oidc-client-id and that the client allows redirect URI {redirect}",
+        error.as_deref().map(|e| format!(", {e}")).unwrap_or_default()
+    )]
+    AuthorizationRefused {
+        /// The authorization endpoint's status code.
+        status: u16,
+        /// The OAuth error code its page names, when it names a known one.
+        error: Option<&'static str>,
+        /// The redirect URI this sign-in asked for.
+        redirect: String,
+    },
     /// Nobody completed the sign-in in time.
     #[error("the sign-in was not completed within {0:?} (--authentication-timeout)")]
     Timeout(std::time::Duration),

@@ -70,7 +70,7 @@ pub async fn sign_in(
         .unwrap_or_else(|| OOB.to_string());
     let redirect = RedirectUrl::new(redirect)
         .map_err(|e| LoginError::BadArgument(format!("--oidc-redirect-url: {e}")))?;
-    let client = provider.client.clone().set_redirect_uri(redirect);
+    let client = provider.client.clone().set_redirect_uri(redirect.clone());
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client.authorize_url(
         CoreAuthenticationFlow::AuthorizationCode,
@@ -81,6 +81,10 @@ pub async fn sign_in(
         request = request.add_scope(Scope::new(scope.clone()));
     }
     let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+    // A wrong client id or a redirect URI the client does not allow fails now.
+    provider
+        .probe_authorization(&url, redirect.as_str())
+        .await?;
     let no_browser = SignInArgs {
         skip_open_browser: true,
         ..args.clone()

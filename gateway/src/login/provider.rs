@@ -167,6 +167,48 @@ impl Provider {
         })
     }
 
+    /// Asks the authorization endpoint for `url` once, without following redirects, before
+    /// a person is sent there. Why: a provider that does not know the client id, or whose
+    /// client does not allow `redirect`, must not redirect (RFC 6749 4.1.2.1) and shows an
+    /// error page instead, so the loopback listener would hear nothing until the
+    /// authentication timeout. A 4xx or 5xx answer, or a redirect to `redirect` that
+    /// carries an OAuth `error`, ends the sign-in now with a specific error. The probe
+    /// carries nothing the browser would not (state, nonce and the PKCE challenge are public
+    /// parts of the request); the provider may start a login session for it, which is
+    /// abandoned. Any other answer (a login page, a redirect to one) lets the sign-in go on.
+    pub async fn probe_authorization(
+        &self,
+        url: &url::Url,
+        redirect: &str,
+    ) -> Result<(), LoginError> {
+        let response =
+            self.http
+                .get(url.as_str())
+                .send()
+                .await
+                .map_err(|e| LoginError::Discovery {
+                    issuer: self.issuer.clone(),
+                    reason: format!("authorization endpoint: {}", error_chain(&e)),
+                })?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| url.join(l).ok());
+        let mut page = Vec::new();
+        if status.is_client_error() || status.is_server_error() {
+            let mut response = response;
+            while page.len() < PROBE_PAGE_LIMIT
+                && let Ok(Some(chunk)) = response.chunk().await
+            {
+                page.extend_from_slice(&chunk);
+            }
+            page.truncate(PROBE_PAGE_LIMIT);
+        }
+        judge_probe(status.as_u16(), location.as_ref(), redirect, &page)
+    }
+
     /// Redeems an authorization `code` (with its PKCE verifier, at the token endpoint of
     /// `client`, which carries the redirect URI the code was issued for) and verifies the
     /// ID token against `nonce`: the last step of the browser and the keyboard flows.
@@ -245,6 +287,60 @@ impl Provider {
     }
 }
 
+/// How much of an authorization endpoint's error page [`judge_probe`] reads.
+const PROBE_PAGE_LIMIT: usize = 16 * 1024;
+
+/// The OAuth error codes an authorization endpoint's error page may name that point at the
+/// client's registration (RFC 6749 4.1.2.1 and 5.2); only these are repeated, never the
+/// page's own text.
+const REGISTRATION_ERRORS: [&str; 5] = [
+    "invalid_client",
+    "invalid_redirect_uri",
+    "unauthorized_client",
+    "invalid_request",
+    "invalid_scope",
+];
+
+/// Judges the authorization endpoint's answer to [`Provider::probe_authorization`]:
+/// `status`, its `location` (resolved) and the start of its `page`.
+pub fn judge_probe(
+    status: u16,
+    location: Option<&url::Url>,
+    redirect: &str,
+    page: &[u8],
+) -> Result<(), LoginError> {
+    if (400..600).contains(&status) {
+        let page = String::from_utf8_lossy(page);
+        return Err(LoginError::AuthorizationRefused {
+            status,
+            error: REGISTRATION_ERRORS
+                .into_iter()
+                .find(|code| page.contains(code)),
+            redirect: redirect.to_string(),
+        });
+    }
+    let Some(location) = location else {
+        return Ok(());
+    };
+    let to_us = location
+        .as_str()
+        .split(['?', '#'])
+        .next()
+        .is_some_and(|base| base == redirect);
+    if !to_us {
+        return Ok(());
+    }
+    let query: std::collections::HashMap<String, String> =
+        location.query_pairs().into_owned().collect();
+    match query.get("error") {
+        Some(error) => Err(LoginError::ProviderRefused {
+            error: error.clone(),
+            description: query.get("error_description").cloned(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// An error and its causes in one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -258,4 +354,53 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REDIRECT: &str = "http://127.0.0.1:8000/callback";
+
+    fn at(text: &str) -> url::Url {
+        url::Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn the_authorization_probe_refuses_error_pages_and_error_redirects() {
+        let err = judge_probe(400, None, REDIRECT, b"<pre>invalid_client</pre>").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the provider refused the sign-in request (HTTP 400, invalid_client): check --oidc-client-id")
+                && text.ends_with(REDIRECT),
+            "{text}"
+        );
+        // Only known codes are repeated, never the page.
+        let err = judge_probe(500, None, REDIRECT, b"<script>x</script>").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoginError::AuthorizationRefused {
+                    status: 500,
+                    error: None,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let back =
+            at("http://127.0.0.1:8000/callback?error=invalid_scope&error_description=no&state=s");
+        let err = judge_probe(303, Some(&back), REDIRECT, b"").unwrap_err();
+        assert!(matches!(err, LoginError::ProviderRefused { .. }), "{err}");
+
+        // A login page, a redirect to one, or a redirect elsewhere carrying `error` (not
+        // to this sign-in's listener) let the sign-in go on.
+        assert!(judge_probe(200, None, REDIRECT, b"").is_ok());
+        let login = at("https://idp.example/interaction/abc");
+        assert!(judge_probe(303, Some(&login), REDIRECT, b"").is_ok());
+        let other = at("http://127.0.0.1:8001/callback?error=x");
+        assert!(judge_probe(302, Some(&other), REDIRECT, b"").is_ok());
+        let code = at("http://127.0.0.1:8000/callback?code=c&state=s");
+        assert!(judge_probe(303, Some(&code), REDIRECT, b"").is_ok());
+    }
 }
