@@ -21,6 +21,7 @@
 //! [`MAX_ENTRIES`], and only SHA-256 digests of codes and tokens are kept, in memory.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,6 +39,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::DevSigner;
+use crate::listener::ConnInfo;
 use crate::signin::page::escape;
 
 /// The plugin's client id (a public client with loopback redirects, RFC 8252).
@@ -576,7 +578,16 @@ impl DevIssuer {
     }
 
     /// `POST authorize`: the person's choice → a code, sent back with the state.
-    fn authorize_choice(&self, headers: &HeaderMap, body: &[u8]) -> Response {
+    fn authorize_choice(&self, peer: Option<IpAddr>, headers: &HeaderMap, body: &[u8]) -> Response {
+        // Whoever reaches the choice can be anyone, so only this machine may choose, even
+        // when `kubegate dev --listen` opens the gateway to the network.
+        if !peer.is_some_and(|ip| ip.is_loopback()) {
+            return page(
+                StatusCode::FORBIDDEN,
+                "Dev sign-in refused",
+                "<p>The dev issuer signs in only people on the machine running <code>kubegate dev</code> (a loopback address): it asks for no password.</p>",
+            );
+        }
         // A browser names the page's origin; a form posted from elsewhere is refused (the
         // request id already ties the post to a page this issuer showed).
         if let Some(origin) = headers.get(header::ORIGIN)
@@ -1006,7 +1017,10 @@ async fn authorize_get(State(issuer): State<Arc<DevIssuer>>, request: Request<Bo
 async fn authorize_post(State(issuer): State<Arc<DevIssuer>>, request: Request<Body>) -> Response {
     let (parts, body) = request.into_parts();
     match axum::body::to_bytes(body, MAX_INPUT).await {
-        Ok(body) => issuer.authorize_choice(&parts.headers, &body),
+        Ok(body) => {
+            let peer = parts.extensions.get::<ConnInfo>().map(|c| c.peer.ip());
+            issuer.authorize_choice(peer, &parts.headers, &body)
+        }
         Err(_) => issuer.refuse(Refusal::Page(format!("the form exceeds {MAX_INPUT} bytes"))),
     }
 }
@@ -1048,6 +1062,7 @@ mod tests {
     use super::*;
 
     const ISSUER: &str = "https://gw.test:8443";
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     const LOOPBACK: &str = "http://127.0.0.1:38000/callback";
     /// A verifier and its S256 challenge (computed apart, with Python's hashlib).
     const VERIFIER: &str = "dBjftJeZ4CVP-mJ92IZwZQnd9ALdjrLMwNi2gMJFL8E";
@@ -1127,6 +1142,7 @@ mod tests {
         let html = text(page).await;
         let id = request_id(&html);
         issuer.authorize_choice(
+            Some(LOCAL),
             &HeaderMap::new(),
             query(&[("request", &id), ("user", user)]).as_bytes(),
         )
@@ -1456,6 +1472,7 @@ mod tests {
         let id = request_id(&html);
         let post = |headers: &HeaderMap, user: &str| {
             issuer.authorize_choice(
+                Some(LOCAL),
                 headers,
                 query(&[("request", &id), ("user", user)]).as_bytes(),
             )
@@ -1466,6 +1483,13 @@ mod tests {
             HeaderValue::from_static("https://evil.example"),
         );
         assert_eq!(post(&foreign, "alice").status(), StatusCode::FORBIDDEN);
+        // Nobody from another machine chooses (nor from no known address).
+        let form = query(&[("request", &id), ("user", "alice")]);
+        for peer in [Some(IpAddr::from([10, 0, 0, 7])), None] {
+            let r = issuer.authorize_choice(peer, &HeaderMap::new(), form.as_bytes());
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+            assert!(text(r).await.contains("loopback"));
+        }
         // Cancel: access_denied at the client, with the state.
         let url = location(&post(&HeaderMap::new(), ""));
         assert_eq!(param(&url, "error").as_deref(), Some("access_denied"));
