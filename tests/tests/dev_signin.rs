@@ -118,7 +118,10 @@ curl -sS --fail -o /dev/null "$callback"
 
     async fn kubegate(&self, args: &[String]) -> Run {
         let mut command = tokio::process::Command::new(self.bin.join("kubegate"));
-        command.args(args).arg("--authentication-timeout=30s");
+        command.args(args);
+        if args.first().is_some_and(|a| a != "logout") {
+            command.arg("--authentication-timeout=30s");
+        }
         self.run(command).await
     }
 
@@ -261,6 +264,16 @@ async fn the_printed_kubegate_login_signs_in_and_kubectl_works_through_the_gatew
     assert_eq!(
         (dev.browser_runs(), dev.codes_redeemed(), dev.refreshes()),
         (1, 1, 0)
+    );
+    // logout revokes the refresh token at the dev issuer (RFC 7009).
+    let run = dev
+        .kubegate(&["logout".into(), format!("--context={SIGNIN_CONTEXT}")])
+        .await;
+    assert!(run.ok, "kubegate logout: {}", run.stderr);
+    assert!(
+        run.stderr.contains("revoked the refresh token"),
+        "{}",
+        run.stderr
     );
     dev.env.running.shutdown().await.unwrap();
 }

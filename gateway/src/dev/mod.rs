@@ -194,11 +194,12 @@ impl DevEnvironment {
             .map(|a| shell_word(&a))
             .collect();
         out.push_str(&format!(
-            "\nSign in as a person does, at the dev issuer (dev only, no password: it asks \"alice or bob?\"):\n  sign in in a browser: {url}/kubegate/   (trust {ca}, or accept the certificate warning)\n  with kubectl, through the credential plugin (`kubegate` on PATH; after the export above):\n    {login}\n    kubectl --context {SIGNIN_CONTEXT} get pods -n dev\n  ID tokens last {lifetime}; the plugin refreshes them without a new sign-in.\n",
+            "\nSign in as a person does, at the dev issuer (dev only, no password: it asks \"alice or bob?\"):\n  sign in in a browser: {url}/kubegate/   (trust {ca}, or accept the certificate warning)\n  with kubectl, through the credential plugin (`kubegate` on PATH; after the export above):\n    {login}\n    kubectl --context {SIGNIN_CONTEXT} get pods -n dev\n  ID tokens last {lifetime}; the plugin refreshes them without a new sign-in.\n  Over SSH (no display): the dev issuer has no device flow; forward both ports\n  (ssh -L {port}:127.0.0.1:{port} -L 8000:127.0.0.1:8000), add --grant-type=authcode\n  and open the printed URL in your local browser.\n",
             url = self.url,
             ca = self.ca_file.display(),
             login = login.join(" "),
             lifetime = humantime::format_duration(self.issuer.id_token_lifetime()),
+            port = self.url.rsplit(':').next().unwrap_or("8443"),
         ));
         out
     }
