@@ -525,7 +525,10 @@ impl DevIssuer {
     }
 
     /// `GET authorize`: the choice page, or the refusal.
-    fn authorize_page(&self, parts: &Parts) -> Response {
+    fn authorize_page(&self, peer: Option<IpAddr>, parts: &Parts) -> Response {
+        if let Some(refused) = off_this_machine(peer) {
+            return refused;
+        }
         let request = match self.check_request(parts.uri.query()) {
             Ok(r) => r,
             Err(refusal) => return self.refuse(refusal),
@@ -579,14 +582,8 @@ impl DevIssuer {
 
     /// `POST authorize`: the person's choice → a code, sent back with the state.
     fn authorize_choice(&self, peer: Option<IpAddr>, headers: &HeaderMap, body: &[u8]) -> Response {
-        // Whoever reaches the choice can be anyone, so only this machine may choose, even
-        // when `kubegate dev --listen` opens the gateway to the network.
-        if !peer.is_some_and(|ip| ip.is_loopback()) {
-            return page(
-                StatusCode::FORBIDDEN,
-                "Dev sign-in refused",
-                "<p>The dev issuer signs in only people on the machine running <code>kubegate dev</code> (a loopback address): it asks for no password.</p>",
-            );
+        if let Some(refused) = off_this_machine(peer) {
+            return refused;
         }
         // A browser names the page's origin; a form posted from elsewhere is refused (the
         // request id already ties the post to a page this issuer showed).
@@ -893,6 +890,24 @@ impl DevIssuer {
     }
 }
 
+/// The pages ask for no password, so they serve only this machine (a loopback peer),
+/// even when `kubegate dev --listen` opens the gateway to the network; a peer off it
+/// could also fill the table of open pages.
+fn off_this_machine(peer: Option<IpAddr>) -> Option<Response> {
+    if peer.is_some_and(|ip| ip.is_loopback()) {
+        return None;
+    }
+    Some(page(
+        StatusCode::FORBIDDEN,
+        "Dev sign-in refused",
+        "<p>The dev issuer signs in only people on the machine running <code>kubegate dev</code> (a loopback address): it asks for no password.</p>",
+    ))
+}
+
+fn peer_of(parts: &Parts) -> Option<IpAddr> {
+    parts.extensions.get::<ConnInfo>().map(|c| c.peer.ip())
+}
+
 fn bounded(text: &str) -> String {
     text.chars().take(100).collect()
 }
@@ -1011,16 +1026,13 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 
 async fn authorize_get(State(issuer): State<Arc<DevIssuer>>, request: Request<Body>) -> Response {
     let (parts, _) = request.into_parts();
-    issuer.authorize_page(&parts)
+    issuer.authorize_page(peer_of(&parts), &parts)
 }
 
 async fn authorize_post(State(issuer): State<Arc<DevIssuer>>, request: Request<Body>) -> Response {
     let (parts, body) = request.into_parts();
     match axum::body::to_bytes(body, MAX_INPUT).await {
-        Ok(body) => {
-            let peer = parts.extensions.get::<ConnInfo>().map(|c| c.peer.ip());
-            issuer.authorize_choice(peer, &parts.headers, &body)
-        }
+        Ok(body) => issuer.authorize_choice(peer_of(&parts), &parts.headers, &body),
         Err(_) => issuer.refuse(Refusal::Page(format!("the form exceeds {MAX_INPUT} bytes"))),
     }
 }
@@ -1094,7 +1106,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        issuer.authorize_page(&parts)
+        issuer.authorize_page(Some(LOCAL), &parts)
     }
 
     fn plugin_request(redirect: &str) -> Vec<(&str, &str)> {
@@ -1483,7 +1495,16 @@ mod tests {
             HeaderValue::from_static("https://evil.example"),
         );
         assert_eq!(post(&foreign, "alice").status(), StatusCode::FORBIDDEN);
-        // Nobody from another machine chooses (nor from no known address).
+        // Nobody from another machine sees the page or chooses (nor from no known address).
+        let (parts, ()) = Request::get(format!(
+            "{AUTHORIZE_PATH}?{}",
+            query(&plugin_request(LOOPBACK))
+        ))
+        .body(())
+        .unwrap()
+        .into_parts();
+        let r = issuer.authorize_page(Some(IpAddr::from([10, 0, 0, 7])), &parts);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
         let form = query(&[("request", &id), ("user", "alice")]);
         for peer in [Some(IpAddr::from([10, 0, 0, 7])), None] {
             let r = issuer.authorize_choice(peer, &HeaderMap::new(), form.as_bytes());
