@@ -36,7 +36,8 @@ pub const EXAMPLE_POLICY: &str = include_str!("../../../examples/policy.toml");
 
 /// How long the sample users' static tokens live.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// The audience the dev issuer puts in its tokens and the gateway requires.
+/// The audience of the static tokens, which the gateway requires; also the sign-in page's
+/// client id at the dev issuer (its ID tokens carry it as `aud`).
 pub const DEV_AUDIENCE: &str = "kubegate";
 const DEV_KID: &str = "kubegate-dev-1";
 
