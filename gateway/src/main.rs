@@ -66,6 +66,9 @@ enum Command {
         /// Write the generated files here instead of a temporary directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// How long the dev issuer's ID tokens live (short, so the plugin's refresh shows).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        id_token_lifetime: std::time::Duration,
     },
     /// Review and test policies.
     #[command(subcommand)]
@@ -247,11 +250,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             sandbox,
             dir,
+            id_token_lifetime,
         } => {
             let env = dev::start(DevOptions {
                 listen,
                 force_sandbox: sandbox,
                 dir,
+                id_token_lifetime,
             })
             .await?;
             println!("{}", env.instructions());

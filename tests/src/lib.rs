@@ -767,24 +767,14 @@ pub fn kubectl() -> PathBuf {
 
 /// Runs kubectl with `kubeconfig`, returning (success, stdout, stderr).
 pub async fn run_kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(kubectl())
-            .args(args)
-            .env_clear()
-            .env("KUBECONFIG", kubeconfig)
-            .env("HOME", kubeconfig.parent().unwrap_or(Path::new("/tmp")))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("kubectl finished within 60 s")
-    .expect("kubectl runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut command = tokio::process::Command::new(kubectl());
+    command
+        .args(args)
+        .env_clear()
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap_or(Path::new("/tmp")))
+        .kill_on_drop(true);
+    output_within_a_minute(command).await
 }
 
 /// The audit records in `dir/audit.log` (a gateway's test directory, also after shutdown).
@@ -921,6 +911,54 @@ pub fn cell_request(
         "delete" => (Method::DELETE, object, None),
         other => panic!("no request for verb {other}"),
     }
+}
+
+/// A private HOME (0700) whose `bin/` holds `kubegate` (the built binary), as the
+/// credential plugin is found on a user's machine: kubeconfigs call the bare `kubegate`
+/// from PATH. Returns the home and its `bin/`.
+pub fn plugin_home() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("home");
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let bin = home.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(kubegate_binary(), bin.join("kubegate")).unwrap();
+    (home, bin)
+}
+
+/// Clears `command`'s environment to what a user's shell gives kubectl and the plugin:
+/// `HOME`, `PATH` with `bin` first, `KUBECONFIG`; no stdin; killed when dropped.
+pub fn plugin_env(
+    command: &mut tokio::process::Command,
+    home: &Path,
+    bin: &Path,
+    kubeconfig: &Path,
+) {
+    command
+        .env_clear()
+        .env("HOME", home)
+        .env(
+            "PATH",
+            format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+        )
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+}
+
+/// Runs `command` to its end, within 60 s: (success, stdout, stderr).
+pub async fn output_within_a_minute(
+    mut command: tokio::process::Command,
+) -> (bool, String, String) {
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("finished within 60 s")
+        .expect("runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// The `kubegate` binary of this workspace, built once per test binary (`cargo build -p

@@ -12,6 +12,7 @@ async fn dev() -> DevEnvironment {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         force_sandbox: true,
         dir: None,
+        id_token_lifetime: kubegate::dev::issuer::DEFAULT_ID_TOKEN_LIFETIME,
     })
     .await
     .expect("dev gateway")

@@ -71,6 +71,7 @@ async fn dev_mode_works_with_no_setup() {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         force_sandbox: true,
         dir: None,
+        id_token_lifetime: kubegate::dev::issuer::DEFAULT_ID_TOKEN_LIFETIME,
     })
     .await
     .expect("dev mode starts");

@@ -1,21 +1,24 @@
 //! `kubegate dev`: a working gateway with no setup.
 //!
-//! It generates a CA and a serving certificate, an ephemeral ES256 signing key (its JWKS
-//! is served by the gateway itself, at the standard discovery paths), tokens for two
-//! sample users, the example policy, and a kubeconfig for them. As upstream it uses the
-//! current kubeconfig context if that cluster answers, otherwise the built-in sandbox.
-//! Every file is written to one directory and loaded through the same configuration path
-//! as `kubegate serve`, so what `dev` runs is what production runs.
+//! It generates a CA and a serving certificate, an ephemeral ES256 signing key, static
+//! tokens for two sample users, the example policy, and a kubeconfig for them. The same key
+//! signs for the dev issuer ([`issuer`]), a small OpenID provider served by the gateway
+//! itself, so the sign-in web page (`[login]`, turned on here) and the credential plugin
+//! run their real flows with no provider installed. As upstream it uses the current
+//! kubeconfig context if that cluster answers, otherwise the built-in sandbox. Every file
+//! is written to one directory and loaded through the same configuration path as
+//! `kubegate serve`, so what `dev` runs is what production runs.
+
+pub mod issuer;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::routing::get;
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use http::header::CONTENT_TYPE;
 use jsonwebtoken::{EncodingKey, Header};
 use kubegate_sandbox::{Sandbox, SandboxOptions};
 use rcgen::{
@@ -26,13 +29,15 @@ use serde_json::json;
 
 use crate::app::{Running, StartError, bind, prepare};
 use crate::upstream::Upstream;
+use issuer::{Account, DevIssuer, PLUGIN_CLIENT_ID, WEB_CLIENT_ID};
 
 /// The example policy shipped with the project; the dev users are written for it.
-pub const EXAMPLE_POLICY: &str = include_str!("../../examples/policy.toml");
+pub const EXAMPLE_POLICY: &str = include_str!("../../../examples/policy.toml");
 
-/// How long the sample users' tokens live.
+/// How long the sample users' static tokens live.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// The audience the dev issuer puts in its tokens and the gateway requires.
+/// The audience of the static tokens, which the gateway requires; also the sign-in page's
+/// client id at the dev issuer (its ID tokens carry it as `aud`).
 pub const DEV_AUDIENCE: &str = "kubegate";
 const DEV_KID: &str = "kubegate-dev-1";
 
@@ -45,7 +50,13 @@ pub struct DevOptions {
     pub force_sandbox: bool,
     /// Where to write the generated files (default: a new temporary directory).
     pub dir: Option<PathBuf>,
+    /// How long the dev issuer's ID tokens live (short, so the plugin's refresh shows;
+    /// [`issuer::DEFAULT_ID_TOKEN_LIFETIME`] unless set). Between 1 s and 24 h.
+    pub id_token_lifetime: Duration,
 }
+
+/// The longest ID-token lifetime `dev` accepts.
+const MAX_ID_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A sample user and their token.
 #[derive(Clone)]
@@ -98,10 +109,42 @@ pub struct DevEnvironment {
     /// The running gateway.
     pub running: Running,
     /// The dev issuer's signing key.
-    pub signer: DevSigner,
+    pub signer: Arc<DevSigner>,
+    /// The dev issuer (its sign-in page, token and revocation endpoints).
+    pub issuer: Arc<DevIssuer>,
 }
 
+/// The kubeconfig context `kubegate login` writes in the printed instructions.
+pub const SIGNIN_CONTEXT: &str = "dev-signin";
+
 impl DevEnvironment {
+    /// The arguments of `kubegate login` (after `kubegate`) that sign in at the dev issuer
+    /// through the credential plugin and merge the context `context`, whose user runs
+    /// `kubegate get-token`, into `$KUBECONFIG`.
+    pub fn login_command(&self, context: &str) -> Vec<String> {
+        let ca = self.ca_file.display().to_string();
+        [
+            "login",
+            "--server",
+            &self.url,
+            "--certificate-authority",
+            &ca,
+            "--oidc-issuer-url",
+            &self.url,
+            "--oidc-client-id",
+            PLUGIN_CLIENT_ID,
+            "--oidc-certificate-authority",
+            &ca,
+            "--context",
+            context,
+            "--namespace",
+            "dev",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     /// Instructions to paste, printed by `kubegate dev`.
     pub fn instructions(&self) -> String {
         let upstream = match &self.upstream {
@@ -147,6 +190,18 @@ impl DevEnvironment {
             ca = self.ca_file.display(),
             url = self.url
         ));
+        let login: Vec<String> = std::iter::once("kubegate".to_string())
+            .chain(self.login_command(SIGNIN_CONTEXT))
+            .map(|a| shell_word(&a))
+            .collect();
+        out.push_str(&format!(
+            "\nSign in as a person does, at the dev issuer (dev only, no password: it asks \"alice or bob?\"):\n  sign in in a browser: {url}/kubegate/   (trust {ca}, or accept the certificate warning)\n  with kubectl, through the credential plugin (`kubegate` on PATH; after the export above):\n    {login}\n    kubectl --context {SIGNIN_CONTEXT} get pods -n dev\n  ID tokens last {lifetime}; the plugin refreshes them without a new sign-in.\n  Over SSH (no display): the dev issuer has no device flow; forward both ports\n  (ssh -L {port}:127.0.0.1:{port} -L 8000:127.0.0.1:8000), add --grant-type=authcode\n  and open the printed URL in your local browser.\n",
+            url = self.url,
+            ca = self.ca_file.display(),
+            login = login.join(" "),
+            lifetime = humantime::format_duration(self.issuer.id_token_lifetime()),
+            port = self.url.rsplit(':').next().unwrap_or("8443"),
+        ));
         out
     }
 }
@@ -154,6 +209,13 @@ impl DevEnvironment {
 /// Generates everything and starts the dev gateway.
 pub async fn start(options: DevOptions) -> Result<DevEnvironment, StartError> {
     crate::app::install_crypto_provider();
+    if options.id_token_lifetime < Duration::from_secs(1)
+        || options.id_token_lifetime > MAX_ID_TOKEN_LIFETIME
+    {
+        return Err(StartError::Runtime(
+            "the dev issuer's ID-token lifetime must be between 1s and 24h".into(),
+        ));
+    }
     let (dir, tempdir) = match &options.dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| io_error(d, e))?;
@@ -169,6 +231,9 @@ pub async fn start(options: DevOptions) -> Result<DevEnvironment, StartError> {
             (t.path().to_path_buf(), Some(t))
         }
     };
+    // Absolute: the plugin's --certificate-authority in the kubeconfig must not depend on
+    // the directory kubectl runs in.
+    let dir = std::fs::canonicalize(&dir).map_err(|e| io_error(&dir, e))?;
 
     // Bind first: the issuer URL and the kubeconfig need the real port.
     let listener = bind(options.listen).await?;
@@ -182,7 +247,7 @@ pub async fn start(options: DevOptions) -> Result<DevEnvironment, StartError> {
     write(&dir, "tls.crt", &pki.cert_pem)?;
     write_private(&dir, "tls.key", &pki.key_pem)?;
 
-    let signer = DevSigner::generate(url.clone())?;
+    let signer = Arc::new(DevSigner::generate(url.clone())?);
     let jwks = signer.jwks();
     write(&dir, "jwks.json", &jwks.to_string())?;
     write(&dir, "policy.toml", EXAMPLE_POLICY)?;
@@ -205,13 +270,26 @@ tls_key = "tls.key"
 [upstream]
 kubeconfig = {kubeconfig_line}
 
+# The dev issuer, served by this gateway: the static tokens carry audience {aud}, the
+# sign-in page's and the plugin's ID tokens their client ids.
 [[auth.oidc]]
 issuer = {issuer}
-audiences = [{aud}]
+audiences = [{aud}, {plugin}]
 jwks_file = "jwks.json"
+# The sign-in page reaches the dev issuer's endpoints over TLS.
+certificate_authority = "ca.crt"
 username_claim = "sub"
 groups_claim = "groups"
 algorithms = ["ES256"]
+
+# The sign-in web page at {issuer_bare}/kubegate/, signing in at the dev issuer.
+[login]
+issuer = {issuer}
+client_id = {web}
+plugin_client_id = {plugin}
+redirect_url = {redirect}
+certificate_authority = "ca.crt"
+plugin_certificate_authority = {ca_abs}
 
 [admin]
 address = "127.0.0.1"
@@ -223,7 +301,12 @@ file = "audit.log"
         ip = addr.ip(),
         port = addr.port(),
         issuer = toml_string(&url),
+        issuer_bare = url,
         aud = toml_string(DEV_AUDIENCE),
+        plugin = toml_string(PLUGIN_CLIENT_ID),
+        web = toml_string(WEB_CLIENT_ID),
+        redirect = toml_string(&format!("{url}/kubegate/callback")),
+        ca_abs = toml_string(&ca_file.display().to_string()),
     );
     let config_file = write(&dir, "kubegate.toml", &config_text)?;
     let config = kubegate_config::load(&config_file)?;
@@ -246,8 +329,22 @@ file = "audit.log"
         &client_kubeconfig(&url, &pki.ca_pem, &users),
     )?;
 
+    let accounts = users
+        .iter()
+        .map(|u| Account {
+            name: u.name.clone(),
+            groups: u.groups.clone(),
+        })
+        .collect();
+    let issuer = Arc::new(DevIssuer::new(
+        url.clone(),
+        signer.clone(),
+        accounts,
+        options.id_token_lifetime,
+    ));
+
     let prepared = prepare(&config).await?;
-    let app = prepared.router().merge(issuer_routes(&url, jwks));
+    let app = prepared.router().merge(issuer.clone().routes(jwks));
     let running = prepared.start_on(listener, app).await?;
 
     Ok(DevEnvironment {
@@ -261,28 +358,8 @@ file = "audit.log"
         upstream,
         running,
         signer,
+        issuer,
     })
-}
-
-/// The dev issuer's discovery document and JWKS, served by the gateway itself so other
-/// tools can verify the sample tokens. Only dev mode mounts these routes.
-fn issuer_routes(issuer: &str, jwks: serde_json::Value) -> Router {
-    let discovery = json!({
-        "issuer": issuer,
-        "jwks_uri": format!("{issuer}/openid/v1/jwks"),
-        "response_types_supported": ["id_token"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
-    });
-    let as_json = |v: serde_json::Value| ([(CONTENT_TYPE, "application/json")], v.to_string());
-    let discovery = as_json(discovery);
-    let jwks = as_json(jwks);
-    Router::new()
-        .route(
-            "/.well-known/openid-configuration",
-            get(move || async move { discovery }),
-        )
-        .route("/openid/v1/jwks", get(move || async move { jwks }))
 }
 
 async fn choose_upstream(dir: &Path, force_sandbox: bool) -> Result<DevUpstream, StartError> {
@@ -466,6 +543,18 @@ fn random_token() -> Result<String, StartError> {
         .fill(&mut bytes)
         .map_err(|_| StartError::Runtime("no secure random source".into()))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// `s` as one shell word: as it is when plain, single-quoted otherwise.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn toml_string(s: &str) -> String {
