@@ -8,7 +8,13 @@
 //! - `default_deny`: a user in no team group asks for something nobody grants;
 //! - `authenticated_ns`: every rule is `authenticated = true` limited to one
 //!   namespace (subjects cannot be indexed, namespaces can);
-//! - `path`: a discovery request.
+//! - `path`: a discovery request;
+//! - `wildcard_*`: 1,000 rules whose subjects are all globs (`tenant-N-*`
+//!   groups, `*@tN.example` users, `*`, `authenticated`) and whose
+//!   namespaces are all globs (`tN-*`, `*-tN-prod`, `tN-*-dev`), so nothing
+//!   is indexable by literal name: a request allowed by a rule near the end
+//!   (`wildcard_allow_late`), one nothing matches (`wildcard_default_deny`)
+//!   and one a late deny rule refuses (`wildcard_deny`).
 
 use std::hint::black_box;
 
@@ -70,6 +76,55 @@ resources = [{{ api_groups = [""], resources = ["pods", "configmaps"], namespace
     t
 }
 
+fn wildcard_policy(n: usize) -> String {
+    const VERBS: [&str; 4] = [
+        r#"["get", "list", "watch"]"#,
+        r#"["create", "update", "patch"]"#,
+        r#"["delete", "deletecollection"]"#,
+        r#"["*"]"#,
+    ];
+    const RESOURCES: [(&str, &str); 4] = [
+        (r#""""#, r#""pods", "pods/log""#),
+        (r#""apps""#, r#""deployments", "statefulsets""#),
+        (r#""""#, r#""configmaps", "services""#),
+        (r#""*""#, r#""*""#),
+    ];
+    let mut t = String::new();
+    for i in 0..n {
+        let (effect, subjects) = if i % 100 == 95 {
+            (
+                "deny",
+                format!(r#"{{ users = ["*@contractors-{i}.example"] }}"#),
+            )
+        } else {
+            let s = match i % 4 {
+                0 => format!(r#"{{ groups = ["tenant-{i}-*"] }}"#),
+                1 => format!(r#"{{ users = ["*@t{i}.example"] }}"#),
+                2 => r#"{ groups = ["*"] }"#.to_owned(),
+                _ => r#"{ authenticated = true, not_groups = ["suspended"] }"#.to_owned(),
+            };
+            ("allow", s)
+        };
+        let namespaces = match i % 3 {
+            0 => format!(r#""t{i}-*""#),
+            1 => format!(r#""*-t{i}-prod""#),
+            _ => format!(r#""t{i}-*-dev", "t{i}-*-test""#),
+        };
+        let (groups, resources) = RESOURCES[(i / 4) % 4];
+        let verbs = VERBS[(i / 16) % 4];
+        t.push_str(&format!(
+            r#"
+[[rule]]
+name = "wild-{i}"
+effect = "{effect}"
+subjects = {subjects}
+resources = [{{ api_groups = [{groups}], resources = [{resources}], namespaces = [{namespaces}], verbs = {verbs} }}]
+"#
+        ));
+    }
+    t
+}
+
 fn req(method: &str, url: &str) -> RequestAttributes {
     let (p, q) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -119,6 +174,34 @@ fn bench(c: &mut Criterion) {
             b.iter(|| auth.decide(black_box(&outsider), black_box(&in_ns)))
         });
     }
+
+    let n = 1_000;
+    let wild = load(&wildcard_policy(n));
+    // Rule 993: users `*@t993.example`, namespaces `t993-*`, core pods, delete.
+    let late = Subject::new("ann@t993.example", ["staff"]);
+    let late_req = req("DELETE", "/api/v1/namespaces/t993-web/pods/web");
+    // No namespace glob matches `sandbox`.
+    let nowhere = req("GET", "/api/v1/namespaces/sandbox/pods/web");
+    // Rule 995 (deny): users `*@contractors-995.example`, namespaces
+    // `t995-*-dev`, core pods, delete.
+    let contractor = Subject::new("cat@contractors-995.example", ["staff"]);
+    let denied = req("DELETE", "/api/v1/namespaces/t995-web-dev/pods/web");
+    let decision = wild.decide(&late, &late_req);
+    assert!(decision.allowed, "{decision:?}");
+    assert_eq!(decision.rule.as_deref(), Some("wild-993"));
+    assert_eq!(wild.decide(&late, &nowhere).rule, None);
+    let decision = wild.decide(&contractor, &denied);
+    assert!(!decision.allowed, "{decision:?}");
+    assert_eq!(decision.rule.as_deref(), Some("wild-995"));
+    g.bench_with_input(BenchmarkId::new("wildcard_allow_late", n), &n, |b, _| {
+        b.iter(|| wild.decide(black_box(&late), black_box(&late_req)))
+    });
+    g.bench_with_input(BenchmarkId::new("wildcard_default_deny", n), &n, |b, _| {
+        b.iter(|| wild.decide(black_box(&late), black_box(&nowhere)))
+    });
+    g.bench_with_input(BenchmarkId::new("wildcard_deny", n), &n, |b, _| {
+        b.iter(|| wild.decide(black_box(&contractor), black_box(&denied)))
+    });
     g.finish();
 
     // Whole pipeline for one request, as the gateway runs it.

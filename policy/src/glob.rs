@@ -73,6 +73,29 @@ impl Glob {
         }
     }
 
+    /// The most selective literal end every matching value must have: the
+    /// whole value for an exact pattern, else the longer of the literal
+    /// prefix and suffix (the prefix on a tie). `Any` for `*` and for
+    /// patterns with no literal end (`*x*`), which the rule prefilter cannot
+    /// narrow down.
+    pub(crate) fn anchor(&self) -> Anchor<'_> {
+        match self {
+            Glob::Any => Anchor::Any,
+            Glob::Exact(s) => Anchor::Exact(s),
+            Glob::Pattern { parts, .. } => {
+                let first = parts.first().map_or("", String::as_str);
+                let last = parts.last().map_or("", String::as_str);
+                if !first.is_empty() && first.len() >= last.len() {
+                    Anchor::Prefix(first)
+                } else if !last.is_empty() {
+                    Anchor::Suffix(last)
+                } else {
+                    Anchor::Any
+                }
+            }
+        }
+    }
+
     /// True when every value matched by `other` is matched by `self`.
     /// Conservative: may say false for a real subsumption, never true for a
     /// false one (it feeds the shadowed-rule warning, which must be sure).
@@ -83,6 +106,16 @@ impl Glob {
             _ => self.as_str() == other.as_str(),
         }
     }
+}
+
+/// See [`Glob::anchor`]: a value the glob matches equals `Exact`, starts
+/// with `Prefix`, ends with `Suffix`; `Any` says nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Anchor<'a> {
+    Any,
+    Exact(&'a str),
+    Prefix(&'a str),
+    Suffix(&'a str),
 }
 
 /// Leftmost-first matching is exact for `*`-only globs: taking the earliest
@@ -146,6 +179,26 @@ mod tests {
                 *want,
                 "{pattern} ~ {value}"
             );
+        }
+    }
+
+    #[test]
+    fn anchors() {
+        let cases: &[(&str, Anchor<'_>)] = &[
+            ("*", Anchor::Any),
+            ("**", Anchor::Any),
+            ("*x*", Anchor::Any),
+            ("exact", Anchor::Exact("exact")),
+            ("", Anchor::Exact("")),
+            ("team-*", Anchor::Prefix("team-")),
+            ("*-prod", Anchor::Suffix("-prod")),
+            ("t1-*-dev", Anchor::Suffix("-dev")),
+            ("team-*-dev", Anchor::Prefix("team-")),
+            ("t-*-prod", Anchor::Suffix("-prod")),
+            ("ab*x*ab", Anchor::Prefix("ab")),
+        ];
+        for (pattern, want) in cases {
+            assert_eq!(Glob::new(pattern).anchor(), *want, "{pattern}");
         }
     }
 

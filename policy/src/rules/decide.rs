@@ -6,8 +6,10 @@
 //! of its groups, plus the "general" ones (globs, claims, authenticated).
 //! General resource rules limited to literal namespaces are further keyed by
 //! namespace, so "everyone authenticated gets X in namespace N" policies
-//! scale too. Candidates are visited in file order, which keeps the
-//! first-allow-wins semantics exact.
+//! scale too. When a verb's general rules are many, the [`Prefilter`] picks
+//! out the ones whose subject, namespace, resource and API group globs could
+//! match before any is evaluated. Candidates are visited in file order, which
+//! keeps the first-allow-wins semantics exact.
 
 use std::collections::HashMap;
 
@@ -16,10 +18,17 @@ use crate::request::{RequestAttributes, ResourceAttributes};
 use crate::subject::{ForwardIdentity, Subject};
 
 use super::model::{Effect, METHODS, Rule, Target, VERBS, method_bit, verb_bit};
+use super::prefilter::Prefilter;
+
+/// A bucket with at least this many general rules goes through the
+/// prefilter; below it, evaluating them one by one is cheaper.
+pub(crate) const MIN_PREFILTERED: usize = 16;
 
 #[derive(Debug, Default)]
 struct Bucket {
     general: Vec<u32>,
+    /// `general` as a set over the prefilter's positions, when it is used.
+    general_mask: Option<Vec<u64>>,
     general_by_ns: HashMap<String, Vec<u32>>,
     by_user: HashMap<String, Vec<u32>>,
     by_group: HashMap<String, Vec<u32>>,
@@ -31,13 +40,25 @@ struct Bucket {
 pub(crate) struct Index {
     resource: Vec<Bucket>,
     path: Vec<Bucket>,
+    /// Over the general resource (path) rules, when some bucket has at least
+    /// the threshold of them.
+    resource_filter: Option<Prefilter>,
+    path_filter: Option<Prefilter>,
 }
 
 impl Index {
     pub(crate) fn build(rules: &[Rule]) -> Index {
+        Index::with_threshold(rules, MIN_PREFILTERED)
+    }
+
+    /// `min_prefiltered`: see [`MIN_PREFILTERED`] (tests use 0 to send every
+    /// general rule through the prefilter).
+    pub(crate) fn with_threshold(rules: &[Rule], min_prefiltered: usize) -> Index {
         let mut index = Index {
             resource: (0..=VERBS.len()).map(|_| Bucket::default()).collect(),
             path: (0..=METHODS.len()).map(|_| Bucket::default()).collect(),
+            resource_filter: None,
+            path_filter: None,
         };
         for (i, rule) in rules.iter().enumerate() {
             let i = u32::try_from(i).expect("fewer than 2^32 rules");
@@ -73,8 +94,31 @@ impl Index {
                 }
             }
         }
+        index.resource_filter = prefilter(rules, &mut index.resource, min_prefiltered);
+        index.path_filter = prefilter(rules, &mut index.path, min_prefiltered);
         index
     }
+}
+
+/// Builds the prefilter over the buckets' general rules if any bucket has
+/// at least `min` of them, and the masks of those buckets.
+fn prefilter(rules: &[Rule], buckets: &mut [Bucket], min: usize) -> Option<Prefilter> {
+    if !buckets
+        .iter()
+        .any(|b| !b.general.is_empty() && b.general.len() >= min)
+    {
+        return None;
+    }
+    let mut ids: Vec<u32> = buckets.iter().flat_map(|b| b.general.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let filter = Prefilter::build(rules, ids);
+    for b in buckets {
+        if !b.general.is_empty() && b.general.len() >= min {
+            b.general_mask = Some(filter.mask(&b.general));
+        }
+    }
+    Some(filter)
 }
 
 fn push_once(v: &mut Vec<u32>, i: u32) {
@@ -113,13 +157,13 @@ pub(crate) fn decide(
     attrs: &RequestAttributes,
 ) -> Decision {
     let segments;
-    let mut namespace = None;
-    let (bucket, target) = match attrs {
+    let mut resource = None;
+    let (bucket, filter, target) = match attrs {
         RequestAttributes::Resource(r) => {
             let bit = verb_bit(&r.verb);
             let b = &index.resource[bit.unwrap_or(VERBS.len())];
-            namespace = Some(r.namespace.as_str());
-            (b, Req::Resource(r, bit))
+            resource = Some(r);
+            (b, &index.resource_filter, Req::Resource(r, bit))
         }
         RequestAttributes::NonResource(n) => {
             // Re-validated here because attributes are plain data; a path
@@ -130,7 +174,7 @@ pub(crate) fn decide(
             };
             let bit = method_bit(&n.verb);
             let b = &index.path[bit.unwrap_or(METHODS.len())];
-            (b, Req::Path(&segments, bit))
+            (b, &index.path_filter, Req::Path(&segments, bit))
         }
     };
 
@@ -164,16 +208,29 @@ pub(crate) fn decide(
         .iter()
         .filter_map(|g| bucket.by_group.get(g.as_str()))
         .collect();
-    let ns_hits = namespace.and_then(|ns| bucket.general_by_ns.get(ns));
+    let ns_hits = resource.and_then(|r| bucket.general_by_ns.get(r.namespace.as_str()));
+    let filtered = filter.as_ref().zip(bucket.general_mask.as_deref());
     if user_hits.is_none() && group_hits.is_empty() && ns_hits.is_none() {
         // Common case: only general rules, already in file order.
-        for &i in &bucket.general {
-            if let Some(d) = visit(i) {
-                return d;
-            }
+        let decided = match filtered {
+            Some((f, mask)) => f.find_map(mask, subject, resource, &mut visit),
+            None => bucket.general.iter().find_map(|&i| visit(i)),
+        };
+        if let Some(d) = decided {
+            return d;
         }
     } else {
-        let mut cands: Vec<u32> = bucket.general.clone();
+        let mut cands: Vec<u32> = match filtered {
+            Some((f, mask)) => {
+                let mut out = Vec::new();
+                f.find_map(mask, subject, resource, |i| {
+                    out.push(i);
+                    None::<()>
+                });
+                out
+            }
+            None => bucket.general.clone(),
+        };
         cands.extend(user_hits.into_iter().flatten());
         cands.extend(group_hits.into_iter().flatten());
         cands.extend(ns_hits.into_iter().flatten());

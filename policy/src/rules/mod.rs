@@ -6,6 +6,7 @@ mod decide;
 mod describe;
 mod escalation;
 mod model;
+mod prefilter;
 mod review;
 mod schema;
 mod template;
@@ -134,5 +135,7 @@ impl fmt::Debug for Policy {
 
 #[cfg(test)]
 pub(crate) mod escalation_tests;
+#[cfg(test)]
+mod prefilter_tests;
 #[cfg(test)]
 mod tests;
