@@ -171,23 +171,25 @@ if ucells:
               f"{us(static['p50'])} | {us(static['p99'])} | {static['cpu10k']:.2f} | {static['err']} |")
 if umem:
     p("")
-    p(f"Memory for {nusers:,} users: VmRSS before and after the first pass over every token (after a "
-      "one-token pass at the same connection count). The no-cache variant keeps no identity, so its "
-      "growth is the per-user state besides the token cache (the rate-limit bucket); kubegate's "
-      "growth minus that is the cached identities. RSS moves in pages and with the allocator, so "
-      "read these as estimates to ±1 KB.")
+    p(f"Memory for {nusers:,} users, on two gateways started for this alone (`users-mem`: token cache "
+      "on, `users-mem-nocache`: off; same config otherwise, so a fresh heap): VmRSS before and after "
+      "the first pass over every token, after a one-token pass at the same 16 connections. The "
+      "no-cache variant keeps no identity, so its growth is the per-user state besides the token "
+      "cache (the rate-limit bucket); the cached variant's growth minus that is the cached "
+      "identities. RSS moves in pages and with the allocator (freed memory is reused "
+      "before the heap grows): read these as estimates.")
     p("")
     p("| variant | RSS before | RSS after | growth | per user |")
     p("| --- | ---: | ---: | ---: | ---: |")
-    for path in ["kubegate-nocache", "kubegate"]:
+    for path in ["users-mem-nocache", "users-mem"]:
         m = umem.get(path)
         if m:
             g = m["rss_after_kb"] - m["rss_before_kb"]
             p(f"| {path} | {m['rss_before_kb'] / 1024:.1f} MB | {m['rss_after_kb'] / 1024:.1f} MB | "
               f"{g / 1024:.1f} MB | {g * 1024 / max(1, m['users']):,.0f} B |")
-    if "kubegate" in umem and "kubegate-nocache" in umem:
-        gb = umem["kubegate-nocache"]["rss_after_kb"] - umem["kubegate-nocache"]["rss_before_kb"]
-        gc = umem["kubegate"]["rss_after_kb"] - umem["kubegate"]["rss_before_kb"]
+    if "users-mem" in umem and "users-mem-nocache" in umem:
+        gb = umem["users-mem-nocache"]["rss_after_kb"] - umem["users-mem-nocache"]["rss_before_kb"]
+        gc = umem["users-mem"]["rss_after_kb"] - umem["users-mem"]["rss_before_kb"]
         p("")
         p(f"- per rate-limit bucket (and other per-user state): **{gb * 1024 / max(1, nusers):,.0f} B**")
         p(f"- per cached identity: **{(gc - gb) * 1024 / max(1, nusers):,.0f} B**")

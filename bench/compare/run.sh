@@ -87,7 +87,8 @@ for s in held:
     s.close()
 PY
 }
-read -r P_UP P_PX P_PXH P_KG P_KGN P_KP P_WATCH A_KG A_KGN P_KGW A_KGW P_KPW <<<"$(free_ports 12)"
+read -r P_UP P_PX P_PXH P_KG P_KGN P_KP P_WATCH A_KG A_KGN P_KGW A_KGW P_KPW P_KGU A_KGU P_KGUN A_KGUN \
+  <<<"$(free_ports 16)"
 echo "ports: upstream $P_UP, nginx $P_PX (h2 $P_PXH), kubegate $P_KG, no cache $P_KGN, kubectl proxy $P_KP"
 
 # ---------------------------------------------------------------- tools
@@ -214,7 +215,9 @@ http {
   keepalive_requests 100000000;
   keepalive_timeout 3600s;
   client_body_temp_path $W/px/tmp; proxy_temp_path $W/px/tmp; fastcgi_temp_path $W/px/tmp; uwsgi_temp_path $W/px/tmp; scgi_temp_path $W/px/tmp;
-  upstream kube { server 127.0.0.1:$P_UP; keepalive 256; keepalive_requests 100000000; keepalive_timeout 3600s; }
+  # keepalive: idle upstream connections kept per worker; above the h2 cells' 1,280
+  # concurrent requests, so nginx does not open and close upstream TLS connections there.
+  upstream kube { server 127.0.0.1:$P_UP; keepalive 2048; keepalive_requests 100000000; keepalive_timeout 3600s; }
   server {
     listen 127.0.0.1:$P_PX ssl backlog=8192;
 $NGX_PROXY_SERVER
@@ -304,10 +307,15 @@ TOML
 kg_config kubegate $P_KG $A_KG 60s
 kg_config kubegate-nocache $P_KGN $A_KGN 0s
 kg_config kubegate-watch $P_KGW $A_KGW 60s
+kg_config users-mem $P_KGU $A_KGU 60s
+kg_config users-mem-nocache $P_KGUN $A_KGUN 0s
 sed -i 's/^kubeconfig = "upstream.kubeconfig"/kubeconfig = "watch.kubeconfig"/' "$W/kubegate-watch.toml"
 "$KG" serve --config "$W/kubegate.toml" > "$W/kubegate.log" 2>&1 & PID_KG=$!; PIDS+=("$PID_KG")
 "$KG" serve --config "$W/kubegate-nocache.toml" > "$W/kubegate-nocache.log" 2>&1 & PID_KGN=$!; PIDS+=("$PID_KGN")
 "$KG" serve --config "$W/kubegate-watch.toml" > "$W/kubegate-watch.log" 2>&1 & PID_KGW=$!; PIDS+=("$PID_KGW")
+# Two more, only for the memory per user (see "many users").
+"$KG" serve --config "$W/users-mem.toml" > "$W/users-mem.log" 2>&1 & PID_KGU=$!; PIDS+=("$PID_KGU")
+"$KG" serve --config "$W/users-mem-nocache.toml" > "$W/users-mem-nocache.log" 2>&1 & PID_KGUN=$!; PIDS+=("$PID_KGUN")
 
 wait_http() { # url [curl args...]
   local url=$1; shift
@@ -324,6 +332,8 @@ wait_http "http://127.0.0.1:$P_KP/version"
 wait_http "http://127.0.0.1:$A_KG/readyz"
 wait_http "http://127.0.0.1:$A_KGN/readyz"
 wait_http "http://127.0.0.1:$A_KGW/readyz"
+wait_http "http://127.0.0.1:$A_KGU/readyz"
+wait_http "http://127.0.0.1:$A_KGUN/readyz"
 wait_http "http://127.0.0.1:$P_KPW/version"
 
 declare -A URL PIDOF
@@ -333,6 +343,8 @@ URL[kubectl-proxy]=http://127.0.0.1:$P_KP;  PIDOF[kubectl-proxy]=$PID_KP
 URL[nginx]=https://127.0.0.1:$P_PX;         PIDOF[nginx]=$PID_PX
 URL[kubegate]=https://127.0.0.1:$P_KG;      PIDOF[kubegate]=$PID_KG
 URL[kubegate-nocache]=https://127.0.0.1:$P_KGN; PIDOF[kubegate-nocache]=$PID_KGN
+URL[users-mem]=https://127.0.0.1:$P_KGU;    PIDOF[users-mem]=$PID_KGU
+URL[users-mem-nocache]=https://127.0.0.1:$P_KGUN; PIDOF[users-mem-nocache]=$PID_KGUN
 declare -A OBJ
 OBJ[small]=/api/v1/namespaces/bench/pods/small
 OBJ[large]=/api/v1/namespaces/bench/configmaps/large
@@ -380,7 +392,7 @@ done
 run_wrk() { # kind path object conns duration round [extra wrk args]
   local kind=$1 p=$2 o=$3 c=$4 d=$5 r=$6; shift 6
   local pid=${PIDOF[$p]} c0 c1 out line script=(-s "$HERE/report.lua") tokens=()
-  if [[ -n ${WRK_TOKENS:-} ]]; then script=(-s "$HERE/users.lua"); tokens=(-- "$WRK_TOKENS"); fi
+  if [[ -n ${WRK_TOKENS:-} ]]; then script=(-s "$HERE/users.lua"); tokens=(-- "$WRK_TOKENS" "${WRK_START:-0}"); fi
   c0=$(cpu_ticks "$pid")
   out=$(wrk -t1 -c"$c" -d"${d}s" --timeout 10s --latency "${script[@]}" \
     -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json' "$@" "${URL[$p]}${OBJ[$o]}" "${tokens[@]}")
@@ -425,7 +437,10 @@ run_h2() { # kind path conns streams duration round
 }
 
 echo "== HTTP/2 (h2load, ${ROUNDS} rounds x ${DURATION}s, alternating nginx and kubegate)"
-for p in nginx kubegate; do run_h2 warmup "$p" 16 10 "$WARMUP" 0; done
+# Warm-up at the largest concurrency, so both proxies hold their upstream connections for it
+# (nginx: HTTP/1.1 keepalive; kubegate: HTTP/1.1 pools too for ordinary requests, one
+# connection per concurrent request) before any measured cell.
+for p in nginx kubegate; do run_h2 warmup "$p" 128 10 "$WARMUP" 0; done
 for c in 16 128; do
   for r in $(seq 1 "$ROUNDS"); do
     for p in nginx kubegate; do run_h2 h2 "$p" "$c" 10 "$DURATION" "$r"; done
@@ -434,32 +449,36 @@ done
 
 echo "== many users ($USERS distinct users, a token each, round-robin over the connections)"
 json_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
-# Every one of the USERS tokens answered at least once (in a pass longer each try), at 16
-# connections; any refused token stops the run.
+# Every one of the USERS tokens answered at least once, at 16 connections, in runs of
+# WARMUP s each continuing where the last one stopped; any refused token stops the run.
 users_pass() { # path
-  local p=$1 d=$WARMUP try
-  for try in 1 2 3 4 5 6; do
-    WRK_TOKENS=$W/tokens run_wrk users-warmup "$p" small 16 "$d" 0
+  local p=$1 sent=0 answered try
+  for try in $(seq 1 100); do
+    WRK_TOKENS=$W/tokens WRK_START=$sent run_wrk users-warmup "$p" small 16 "$WARMUP" 0
     if (( $(json_field "$LAST" status_errors) + $(json_field "$LAST" sock_errors) > 0 )); then
       echo "$p refused some of the $USERS user tokens: see $W/$p.log and $W/$p-audit.log" >&2; exit 1
     fi
-    # The requests still open when wrk stopped are the last ones sent: 16 at most.
-    (( $(json_field "$LAST" requests) >= USERS + 16 )) && return 0
-    d=$((d * 2))
+    # Tokens go out in order, one connection's next request after its last answer, so
+    # only the last 16 sent can be unanswered.
+    answered=$(json_field "$LAST" requests)
+    (( answered > 16 )) && sent=$(( sent + answered - 16 ))
+    (( sent >= USERS )) && return 0
   done
-  echo "$p: could not send all $USERS user tokens in a pass of $d s" >&2; exit 1
+  echo "$p: could not send all $USERS user tokens in 100 runs" >&2; exit 1
 }
-# The no-cache variant keeps no identity, only per-user state such as its rate-limit bucket;
-# kubegate keeps both: the difference is the cached identities. A one-token pass first
-# brings connection buffers to their working size. kubegate goes last so its cache entries
-# (60 s TTL) are fresh for the cells.
-for p in kubegate-nocache kubegate; do
+# Memory, on two gateways started for it alone (a fresh heap, so growth is not hidden in
+# memory an earlier cell freed): the no-cache variant keeps no identity, only per-user
+# state such as the rate-limit bucket; the cached one keeps both, and the difference is the
+# cached identities. A one-token pass first brings connection buffers to working size.
+for p in users-mem-nocache users-mem; do
   WRK_TOKENS=$W/token1 run_wrk users-warmup "$p" small 16 "$WARMUP" 0
   before=$(mem_kb "${PIDOF[$p]}" VmRSS)
   users_pass "$p"
   printf '{"kind":"users-mem","path":"%s","users":%d,"rss_before_kb":%d,"rss_after_kb":%d}\n' \
     "$p" "$USERS" "$before" "$(mem_kb "${PIDOF[$p]}" VmRSS)" >> "$RAW"
 done
+# Throughput on the kubegate of the other cells, its cache warmed just before (60 s TTL).
+users_pass kubegate
 for c in 16 128; do
   for r in $(seq 1 "$ROUNDS"); do
     WRK_TOKENS=$W/token1 run_wrk users-1 kubegate small "$c" "$DURATION" "$r"

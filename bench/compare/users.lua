@@ -2,7 +2,9 @@
 -- file (one a line), round-robin, so consecutive requests, on whatever connection, belong
 -- to different users. The requests are formatted once in init, so the load generator's
 -- cost per request is the same for a file of 1 token and a file of 10,000.
---   wrk ... -s users.lua URL -- TOKENS_FILE
+--   wrk ... -s users.lua URL -- TOKENS_FILE [START]
+-- START (default 0) is the number of tokens to skip first, so a pass over the file can be
+-- continued by another run.
 -- Prints report.lua's WRKJSON line at the end.
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(dir .. "report.lua")
@@ -20,6 +22,7 @@ function init(args)
     end
   end
   if n == 0 then error("no tokens in " .. args[1]) end
+  i = (tonumber(args[2]) or 0) % n
 end
 
 function request()
