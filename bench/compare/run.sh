@@ -405,10 +405,10 @@ run_wrk() { # kind path object conns duration round [extra wrk args]
   echo "  $kind $p $o c=$c r=$r: $line"
 }
 
-echo "== warm-up"
+echo "== warm-up (at $(( $(date +%s) - T_START )) s)"
 for p in "${PATHS[@]}"; do for o in small list; do run_wrk warmup "$p" "$o" 16 "$WARMUP" 0; done; done
 
-echo "== keep-alive matrix (${ROUNDS} rounds x ${DURATION}s, alternating paths)"
+echo "== keep-alive matrix (${ROUNDS} rounds x ${DURATION}s, alternating paths) (at $(( $(date +%s) - T_START )) s)"
 for o in small list; do
   for c in 1 16 128; do
     for r in $(seq 1 "$ROUNDS"); do
@@ -436,7 +436,7 @@ run_h2() { # kind path conns streams duration round
   echo "  $kind $p small c=$c m=$m r=$r: $line"
 }
 
-echo "== HTTP/2 (h2load, ${ROUNDS} rounds x ${DURATION}s, alternating nginx and kubegate)"
+echo "== HTTP/2 (h2load, ${ROUNDS} rounds x ${DURATION}s, alternating nginx and kubegate) (at $(( $(date +%s) - T_START )) s)"
 # Warm-up at the largest concurrency, so both proxies hold their upstream connections for it
 # (nginx: HTTP/1.1 keepalive; kubegate: HTTP/1.1 pools too for ordinary requests, one
 # connection per concurrent request) before any measured cell.
@@ -447,7 +447,7 @@ for c in 16 128; do
   done
 done
 
-echo "== many users ($USERS distinct users, a token each, round-robin over the connections)"
+echo "== many users ($USERS distinct users, a token each, round-robin over the connections) (at $(( $(date +%s) - T_START )) s)"
 json_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 # Every one of the USERS tokens answered at least once, at 16 connections, in runs of
 # WARMUP s each continuing where the last one stopped; any refused token stops the run.
@@ -486,12 +486,12 @@ for c in 16 128; do
   done
 done
 
-echo "== new TLS handshakes (Connection: close, 16 connections)"
+echo "== new TLS handshakes (Connection: close, 16 connections) (at $(( $(date +%s) - T_START )) s)"
 for r in $(seq 1 "$ROUNDS"); do
   for p in direct nginx kubegate; do run_wrk handshake "$p" small 16 "$DURATION" "$r" -H 'Connection: close'; done
 done
 
-echo "== $STREAM_BYTES-byte response"
+echo "== $STREAM_BYTES-byte response (at $(( $(date +%s) - T_START )) s)"
 for p in direct kubectl-proxy nginx kubegate; do
   pid=${PIDOF[$p]}
   before=$(mem_kb "$pid" VmRSS); reset_hwm "$pid"
@@ -503,7 +503,7 @@ for p in direct kubectl-proxy nginx kubegate; do
   echo "  $p: $size bytes in $secs s (HTTP/$ver)"
 done
 
-echo "== $WATCHES idle watches"
+echo "== $WATCHES idle watches (at $(( $(date +%s) - T_START )) s)"
 declare -A WURL=([kubectl-proxy]=http://127.0.0.1:$P_KPW [kubegate]=https://127.0.0.1:$P_KGW)
 declare -A WPID=([kubectl-proxy]=$PID_KPW [kubegate]=$PID_KGW)
 for p in kubectl-proxy kubegate; do
@@ -521,7 +521,7 @@ audit_lines=$(cat "$W"/kubegate-audit.log* | wc -l)
 # ---------------------------------------------------------------- report
 {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")"
-  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile"
+  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile, binary $KG"
   echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
   echo "wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
   echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
