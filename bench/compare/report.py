@@ -44,6 +44,18 @@ def us(v):
 def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "–"
 
+def section(title, intro, columns):
+    """A report section: its title, an intro paragraph (if any), and a table's header rows;
+    columns are names, those ending in ':' right-aligned (the ':' not shown)."""
+    p("")
+    p(f"### {title}")
+    p("")
+    if intro:
+        p(intro)
+        p("")
+    p("| " + " | ".join(c.rstrip(":") for c in columns) + " |")
+    p("| " + " | ".join("---:" if c.endswith(":") else "---" for c in columns) + " |")
+
 out = []
 p = out.append
 for line in open(meta):
@@ -125,15 +137,12 @@ if watches:
 h2conns = sorted({r["conns"] for r in rows if r["kind"] == "h2"})
 h2streams = {r["conns"]: r.get("streams", 0) for r in rows if r["kind"] == "h2"}
 if h2conns:
-    p("")
-    p("### HTTP/2, the way kubectl talks (h2load, 1 thread, TLS + ALPN h2, small object)")
-    p("")
-    p("nginx: a TLS h2 server block of the same nginx proxy, HTTP/1.1 keepalive to the upstream; "
-      "kubegate: its own listener (h2 by ALPN), HTTP/2 to the upstream. Percentiles from h2load's "
-      "per-request log.")
-    p("")
-    p("| conns x streams | path | req/s | vs nginx | MB/s | p50 | p99 | CPU s / 10k req | RSS after | errors |")
-    p("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    section("HTTP/2, the way kubectl talks (h2load, 1 thread, TLS + ALPN h2, small object)",
+            "nginx: a TLS h2 server block of the same nginx proxy, HTTP/1.1 keepalive to the upstream; "
+            "kubegate: its own listener (h2 by ALPN); both hold their upstream connections from a warm-up "
+            "at 128 x 10 streams. Percentiles from h2load's per-request log.",
+            ["conns x streams:", "path", "req/s:", "vs nginx:", "MB/s:", "p50:", "p99:",
+             "CPU s / 10k req:", "RSS after:", "errors:"])
     for c in h2conns:
         n = agg("h2", "nginx", "small", c)
         for path in ["nginx", "kubegate"]:
@@ -148,16 +157,12 @@ ucells = sorted({r["conns"] for r in rows if r["kind"] == "users-n"})
 umem = {r["path"]: r for r in rows if r["kind"] == "users-mem"}
 nusers = next((r["users"] for r in umem.values()), 0)
 if ucells:
-    p("")
-    p(f"### Many users: {nusers:,} distinct users, a token each (kubegate, small object, token cache warm)")
-    p("")
-    p("wrk with users.lua: each request carries the next token of the file, round-robin, so "
-      "consecutive requests on any connection belong to different users. The one-user row is the "
-      "same script given one token of the same shape, alternated with it; the keep-alive matrix's "
-      "kubegate figure (a static header) is shown for reference.")
-    p("")
-    p("| conns | tokens | req/s | vs one user | p50 | p99 | CPU s / 10k req | errors |")
-    p("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    section(f"Many users: {nusers:,} distinct users, a token each (kubegate, small object, token cache warm)",
+            "wrk with users.lua: each request carries the next token of the file, round-robin, so "
+            "consecutive requests on any connection belong to different users. The one-user row is the "
+            "same script given one token of the same shape, alternated with it; the keep-alive matrix's "
+            "kubegate figure (a static header) is shown for reference.",
+            ["conns:", "tokens:", "req/s:", "vs one user:", "p50:", "p99:", "CPU s / 10k req:", "errors:"])
     for c in ucells:
         one = agg("users-1", "kubegate", "small", c)
         many = agg("users-n", "kubegate", "small", c)
@@ -170,17 +175,14 @@ if ucells:
             p(f"| {c} | 1 (static header, matrix) | {static['rps']:,.0f} | {ratio(static['rps'], one and one['rps'])} | "
               f"{us(static['p50'])} | {us(static['p99'])} | {static['cpu10k']:.2f} | {static['err']} |")
 if umem:
-    p("")
-    p(f"Memory for {nusers:,} users, on two gateways started for this alone (`users-mem`: token cache "
+    section(f"Memory per user ({nusers:,} users)", f"Memory for {nusers:,} users, on two gateways started for this alone (`users-mem`: token cache "
       "on, `users-mem-nocache`: off; same config otherwise, so a fresh heap): VmRSS before and after "
       "the first pass over every token, after a one-token pass at the same 16 connections. The "
       "no-cache variant keeps no identity, so its growth is the per-user state besides the token "
       "cache (the rate-limit bucket); the cached variant's growth minus that is the cached "
       "identities. RSS moves in pages and with the allocator (freed memory is reused "
-      "before the heap grows): read these as estimates.")
-    p("")
-    p("| variant | RSS before | RSS after | growth | per user |")
-    p("| --- | ---: | ---: | ---: | ---: |")
+      "before the heap grows): read these as estimates.",
+            ["variant", "RSS before:", "RSS after:", "growth:", "per user:"])
     for path in ["users-mem-nocache", "users-mem"]:
         m = umem.get(path)
         if m:
@@ -201,11 +203,8 @@ per_round = [("HTTP/1.1 small object", "load", c, ["nginx", "kubegate", "kubegat
 per_round += [(f"HTTP/2 small object, {h2streams[c]} streams per connection", "h2", c, ["nginx", "kubegate"]) for c in h2conns]
 per_round += [("many users (1 token / all tokens)", kind, c, ["kubegate"]) for c in ucells for kind in ("users-1", "users-n")]
 if any(rounds(k, "kubegate", "small", c) for _, k, c, _ in per_round):
-    p("")
-    p("### Each round (small object): req/s, p99 and CPU per 10k requests, round 1 / round 2 / ...")
-    p("")
-    p("| cell | conns | path | req/s | p99 | CPU s / 10k req |")
-    p("| --- | ---: | --- | ---: | ---: | ---: |")
+    section("Each round (small object): req/s, p99 and CPU per 10k requests, round 1 / round 2 / ...", None,
+            ["cell", "conns:", "path", "req/s:", "p99:", "CPU s / 10k req:"])
     for title, kind, c, paths in per_round:
         for path in paths:
             rs = rounds(kind, path, "small", c)
@@ -215,75 +214,53 @@ if any(rounds(k, "kubegate", "small", c) for _, k, c, _ in per_round):
                   f"{joined(rs, 'p99', us)} | {joined(rs, 'cpu10k', lambda v: f'{v:.2f}')} |")
 
 # ------------------------------------------------------------------ targets
-p("")
-p("### Targets")
-p("")
-p("Issue 18's targets, then issue 8's that still hold; kubegate = token cache on, medians of the rounds "
-  "unless a row says otherwise.")
-p("")
-p("| target | measured | result |")
-p("| --- | --- | --- |")
+section("Targets", "Issue 18's targets, then issue 8's that still hold; kubegate = token cache on, medians "
+        "of the rounds unless a row says otherwise.", ["target", "measured", "result"])
 def target(name, ok, detail):
     p(f"| {name} | {detail} | {'met' if ok else '**missed**'} |")
 def missing(name):
     p(f"| {name} | not measured in this run | – |")
-for c in [16, 128]:
-    g, n = agg("load", "kubegate", "small", c), agg("load", "nginx", "small", c)
-    name = f"small-object throughput at {c} conns ≥ 0.9x nginx"
-    if g and n:
-        target(name, g["rps"] >= 0.9 * n["rps"],
-               f"{g['rps']:,.0f} req/s = {g['rps'] / n['rps']:.2f}x nginx ({n['rps']:,.0f})")
+def pair_target(name, a, b, ok, detail):
+    """A target comparing cell a with cell b: ok(a, b) and detail(a, b) once both were measured."""
+    if a and b:
+        target(name, ok(a, b), detail(a, b))
     else:
         missing(name)
+def rps_vs(base):
+    return lambda a, b: f"{a['rps']:,.0f} req/s = {a['rps'] / b['rps']:.2f}x {base} ({b['rps']:,.0f})"
 for c in [16, 128]:
-    g, n = agg("load", "kubegate", "small", c), agg("load", "nginx", "small", c)
-    name = f"CPU per request ≤ 1.3x nginx (small object, {c} conns)"
-    if g and n:
-        target(name, g["cpu10k"] <= 1.3 * n["cpu10k"],
-               f"{g['cpu10k']:.2f} vs {n['cpu10k']:.2f} s / 10k req = {g['cpu10k'] / n['cpu10k']:.2f}x")
-    else:
-        missing(name)
+    pair_target(f"small-object throughput at {c} conns ≥ 0.9x nginx",
+                agg("load", "kubegate", "small", c), agg("load", "nginx", "small", c),
+                lambda g, n: g["rps"] >= 0.9 * n["rps"], rps_vs("nginx"))
+for c in [16, 128]:
+    pair_target(f"CPU per request ≤ 1.3x nginx (small object, {c} conns)",
+                agg("load", "kubegate", "small", c), agg("load", "nginx", "small", c),
+                lambda g, n: g["cpu10k"] <= 1.3 * n["cpu10k"],
+                lambda g, n: f"{g['cpu10k']:.2f} vs {n['cpu10k']:.2f} s / 10k req = {g['cpu10k'] / n['cpu10k']:.2f}x")
 gr, nr = rounds("load", "kubegate", "small", 16), rounds("load", "nginx", "small", 16)
-name = "p99 at 16 conns ≤ 1.5x nginx's, every round"
-if gr and nr and len(gr) == len(nr):
-    per_r = [(g["p99"], n["p99"]) for g, n in zip(gr, nr)]
-    target(name, all(g <= 1.5 * n for g, n in per_r),
-           "; ".join(f"round {i + 1}: {us(g)} vs {us(n)} = {g / n:.2f}x" for i, (g, n) in enumerate(per_r)))
-else:
-    missing(name)
+pair_target("p99 at 16 conns ≤ 1.5x nginx's, every round",
+            list(zip(gr, nr)) if len(gr) == len(nr) else None, True,
+            lambda rs, _: all(g["p99"] <= 1.5 * n["p99"] for g, n in rs),
+            lambda rs, _: "; ".join(f"round {g['round']}: {us(g['p99'])} vs {us(n['p99'])} = {g['p99'] / n['p99']:.2f}x"
+                                    for g, n in rs))
 for c in [16, 128]:
-    g, n = agg("load", "kubegate-nocache", "small", c), agg("load", "nginx", "small", c)
-    name = f"token cache off ≥ 0.6x nginx (small object, {c} conns)"
-    if g and n:
-        target(name, g["rps"] >= 0.6 * n["rps"],
-               f"{g['rps']:,.0f} req/s = {g['rps'] / n['rps']:.2f}x nginx")
-    else:
-        missing(name)
-name = "< 20 KB per idle watch (one client connection each)"
-if "kubegate" in watches:
-    w = watches["kubegate"]
-    target(name, w["per_watch_bytes"] < 20 * 1024 and w["failures"] == 0,
-           f"{w['per_watch_bytes'] / 1024:.1f} KB ({w['watches']:,} open, {w['failures']} failures)"
-           + (f"; kubectl proxy {watches['kubectl-proxy']['per_watch_bytes'] / 1024:.1f} KB" if "kubectl-proxy" in watches else ""))
-else:
-    missing(name)
+    pair_target(f"token cache off ≥ 0.6x nginx (small object, {c} conns)",
+                agg("load", "kubegate-nocache", "small", c), agg("load", "nginx", "small", c),
+                lambda g, n: g["rps"] >= 0.6 * n["rps"], rps_vs("nginx"))
+kp = watches.get("kubectl-proxy")
+pair_target("< 20 KB per idle watch (one client connection each)", watches.get("kubegate"), True,
+            lambda w, _: w["per_watch_bytes"] < 20 * 1024 and w["failures"] == 0,
+            lambda w, _: f"{w['per_watch_bytes'] / 1024:.1f} KB ({w['watches']:,} open, {w['failures']} failures)"
+                         + (f"; kubectl proxy {kp['per_watch_bytes'] / 1024:.1f} KB" if kp else ""))
 for c in h2conns or [16, 128]:
-    g, n = agg("h2", "kubegate", "small", c), agg("h2", "nginx", "small", c)
-    name = f"HTTP/2 ≥ 0.9x nginx ({c} conns x {h2streams.get(c, 10)} streams)"
-    if g and n:
-        target(name, g["rps"] >= 0.9 * n["rps"],
-               f"{g['rps']:,.0f} req/s = {g['rps'] / n['rps']:.2f}x nginx ({n['rps']:,.0f}); "
-               f"p99 {us(g['p99'])} vs {us(n['p99'])}")
-    else:
-        missing(name)
+    pair_target(f"HTTP/2 ≥ 0.9x nginx ({c} conns x {h2streams.get(c, 10)} streams)",
+                agg("h2", "kubegate", "small", c), agg("h2", "nginx", "small", c),
+                lambda g, n: g["rps"] >= 0.9 * n["rps"],
+                lambda g, n: rps_vs("nginx")(g, n) + f"; p99 {us(g['p99'])} vs {us(n['p99'])}")
 for c in ucells or [16, 128]:
-    one, many = agg("users-1", "kubegate", "small", c), agg("users-n", "kubegate", "small", c)
-    name = f"{nusers or 10000:,} users within 10% of one user ({c} conns)"
-    if one and many:
-        target(name, many["rps"] >= 0.9 * one["rps"],
-               f"{many['rps']:,.0f} vs {one['rps']:,.0f} req/s = {many['rps'] / one['rps']:.2f}x")
-    else:
-        missing(name)
+    pair_target(f"{nusers or 10000:,} users within 10% of one user ({c} conns)",
+                agg("users-n", "kubegate", "small", c), agg("users-1", "kubegate", "small", c),
+                lambda m, o: m["rps"] >= 0.9 * o["rps"], rps_vs("one user"))
 for c in [16, 128]:
     g, n = agg("load", "kubegate", "list", c), agg("load", "nginx", "list", c)
     if g and n:

@@ -149,12 +149,17 @@ if [[ $(printf '%s\n1.25.1\n' "$ngx_version" | sort -V | head -n 1) == 1.25.1 ]]
 else
   H2_LISTEN="ssl http2" H2_ON=""
 fi
-cat > "$W/up/nginx.conf" <<NGX
+# The main context both nginx configs share; the directory holds the pid and error log.
+ngx_main() { # dir
+  cat <<NGX
 worker_processes auto;
 worker_rlimit_nofile 200000;
-pid $W/up/nginx.pid;
-error_log $W/up/error.log warn;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
 events { worker_connections 60000; }
+NGX
+}
+{ ngx_main "$W/up"; cat <<NGX
 http {
   access_log off;
   default_type application/json;
@@ -181,6 +186,7 @@ http {
   }
 }
 NGX
+} > "$W/up/nginx.conf"
 mkdir -p "$W/up/tmp" "$W/px/tmp"
 # One proxy server's body after its listen line (closing brace included).
 NGX_PROXY_SERVER=$(cat <<NGX
@@ -204,12 +210,7 @@ NGX_PROXY_SERVER=$(cat <<NGX
   }
 NGX
 )
-cat > "$W/px/nginx.conf" <<NGX
-worker_processes auto;
-worker_rlimit_nofile 200000;
-pid $W/px/nginx.pid;
-error_log $W/px/error.log warn;
-events { worker_connections 60000; }
+{ ngx_main "$W/px"; cat <<NGX
 http {
   access_log off;
   keepalive_requests 100000000;
@@ -229,6 +230,7 @@ $NGX_PROXY_SERVER
 $NGX_PROXY_SERVER
 }
 NGX
+} > "$W/px/nginx.conf"
 nginx -q -t -c "$W/up/nginx.conf" -p "$W/up"
 nginx -q -t -c "$W/px/nginx.conf" -p "$W/px"
 nginx -c "$W/up/nginx.conf" -p "$W/up" -g 'daemon off;' & PID_UP=$!; PIDS+=("$PID_UP")
