@@ -22,11 +22,13 @@
 #     h2load's --log-file;
 #   many users: USERS distinct users with their own tokens (one file, wrk picks the next token
 #     per request, users.lua), after a warm-up pass over every token; alternated with the same
-#     script given one token, at 16 and 128 connections; the RSS of kubegate and of
-#     kubegate-nocache before and after the first pass over the USERS tokens gives the memory
-#     per rate-limit bucket (no-cache variant: buckets only) and per cached identity (the
-#     difference). The token cache TTL is 60 s: cells that run later than that after the
-#     pass re-verify each token once a minute, as a real gateway does;
+#     script given one token, at 16 and 128 connections (and the same pair against nginx,
+#     which ignores the token: the load generator's own cost). Memory: two more gateways,
+#     started for this alone (token cache on and off), RSS before and after a first pass over
+#     the USERS tokens: per rate-limit bucket (no-cache variant: no identity kept) and per
+#     cached identity (the difference). The token cache TTL is 60 s: kubegate's cells that
+#     run later than that after its pass (longer DURATION or ROUNDS) re-verify each token
+#     once a minute, as a real gateway does;
 #   TLS handshakes/s (Connection: close), a STREAM_BYTES response, WATCHES idle watches.
 # The report lists each round of the small-object cells (req/s, p99, CPU per 10k requests)
 # and ends with a targets table (issue 18's targets, then issue 8's still in force).
@@ -481,10 +483,14 @@ for p in users-mem-nocache users-mem; do
 done
 # Throughput on the kubegate of the other cells, its cache warmed just before (60 s TTL).
 users_pass kubegate
-for c in 16 128; do
-  for r in $(seq 1 "$ROUNDS"); do
-    WRK_TOKENS=$W/token1 run_wrk users-1 kubegate small "$c" "$DURATION" "$r"
-    WRK_TOKENS=$W/tokens run_wrk users-n kubegate small "$c" "$DURATION" "$r"
+# nginx ignores the token: its pair (after kubegate's, which should run within the TTL)
+# shows what the token file costs the load generator.
+for p in kubegate nginx; do
+  for c in 16 128; do
+    for r in $(seq 1 "$ROUNDS"); do
+      WRK_TOKENS=$W/token1 run_wrk users-1 "$p" small "$c" "$DURATION" "$r"
+      WRK_TOKENS=$W/tokens run_wrk users-n "$p" small "$c" "$DURATION" "$r"
+    done
   done
 done
 
