@@ -1,19 +1,44 @@
 #!/usr/bin/env bash
-# kubegate side by side with kubectl proxy, nginx and a direct connection (issue #8).
+# kubegate side by side with kubectl proxy, nginx and a direct connection (issues #8, #18).
 #
 #   bash bench/compare/run.sh
 #
+# One command: installs what it lacks (nginx-light, wrk, h2load from nghttp2-client, curl,
+# pyjwt/cryptography/h2), builds the release binary, picks free ports (each one bound-tested
+# at start, below the kernel's ephemeral range, so a running gateway or a second copy of
+# this script does not collide), runs everything on 127.0.0.1 and stops it all at the end.
+#
 # One nginx TLS upstream serving API-shaped JSON from memory; five paths to it, measured in
-# alternation (A B C D E A B C D E ...) with wrk (1 thread, keep-alive):
+# alternation (A B C D E A B C D E ...) with wrk (HTTP/1.1, 1 thread, keep-alive):
 #   direct            wrk -> nginx upstream (TLS)
 #   kubectl-proxy     wrk -> kubectl proxy (plain http on loopback) -> upstream (TLS)
 #   nginx             wrk -> nginx TLS reverse proxy, no auth -> upstream (TLS, keepalive)
 #   kubegate          wrk -> kubegate (TLS, ES256 JWT, token cache 60s, 1,000-rule policy, audit file) -> upstream
 #   kubegate-nocache  the same with token_cache_ttl = "0s" (a signature check per request)
-# then TLS handshakes/s (Connection: close), a 1 GiB response, and 10,000 idle watches.
-# Environment: DURATION (s per cell, 4), ROUNDS (2), WARMUP (s, 2), WATCHES (10000),
-# STREAM_BYTES (1073741824), KUBEGATE_BIN (skip the build), BENCH_WORK (scratch dir, default a new mktemp -d),
-# SETUP_ONLY=1 (start every path, print the URLs and wait: for profiling by hand).
+# then, in order:
+#   HTTP/2 the way kubectl talks: h2load (1 thread, -c 16 -m 10 and -c 128 -m 10, TLS, ALPN h2)
+#     against kubegate and against nginx as an h2 TLS reverse proxy (a second server block of
+#     the nginx proxy, HTTP/1.1 keepalive to the same upstream), alternated; percentiles from
+#     h2load's --log-file;
+#   many users: USERS distinct users with their own tokens (one file, wrk picks the next token
+#     per request, users.lua), after a warm-up pass over every token; alternated with the same
+#     script given one token, at 16 and 128 connections (and the same pair against nginx,
+#     which ignores the token: the load generator's own cost). Memory: two more gateways,
+#     started for this alone (token cache on and off), RSS before and after a first pass over
+#     the USERS tokens: per rate-limit bucket (no-cache variant: no identity kept) and per
+#     cached identity (the difference). The token cache TTL is 60 s: kubegate's cells that
+#     run later than that after its pass (longer DURATION or ROUNDS) re-verify each token
+#     once a minute, as a real gateway does;
+#   TLS handshakes/s (Connection: close), a STREAM_BYTES response, WATCHES idle watches.
+# The report lists each round of the small-object cells (req/s, p99, CPU per 10k requests)
+# and ends with a targets table (issue 18's targets, then issue 8's still in force).
+# Environment: DURATION (s per cell, 4), ROUNDS (2), WARMUP (s, 2), WATCHES (10000, capped by
+# the open-file limit), USERS (10000), STREAM_BYTES (1073741824), KUBEGATE_BIN (skip the
+# build), BENCH_WORK (scratch dir, default a new mktemp -d), SETUP_ONLY=1 (start every path,
+# print the URLs and wait: for profiling by hand).
+# The defaults take about 10 minutes on 2 cores (the report's meta lines say how long).
+# Short trial run (about 3 minutes; do not keep its results files):
+#   DURATION=2 ROUNDS=1 WARMUP=1 WATCHES=500 STREAM_BYTES=100000000 bash bench/compare/run.sh
 # Results: bench/compare/results/<timestamp>.md (+ .jsonl raw data).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,6 +48,8 @@ DURATION=${DURATION:-4}
 ROUNDS=${ROUNDS:-2}
 WARMUP=${WARMUP:-2}
 WATCHES=${WATCHES:-10000}
+USERS=${USERS:-10000}
+T_START=$(date +%s)
 # Each watch costs the proxy two sockets (client + HTTP/1.1 upstream): stay under the limit.
 max_watches=$(( ($(ulimit -Hn) - 1000) / 2 ))
 if (( WATCHES > max_watches )); then echo "open-file hard limit $(ulimit -Hn): $max_watches watches instead of $WATCHES"; WATCHES=$max_watches; fi
@@ -37,13 +64,41 @@ RAW=$HERE/results/$STAMP.jsonl
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "work dir $W, open-file limit $(ulimit -n)"
 
-P_UP=18443 P_PX=18444 P_KG=18445 P_KGN=18446 P_KP=18001 P_WATCH=18450 A_KG=19445 A_KGN=19446 P_KGW=18447 A_KGW=19447 P_KPW=18002
+# ---------------------------------------------------------------- ports
+# Each port is one that binds on 127.0.0.1 now (taken ones are skipped), chosen at random
+# below the ephemeral range, so no outgoing connection of this run is handed one before its
+# server has bound it, and two copies of this script rarely try the same one.
+free_ports() { # count
+  python3 - "$1" <<'PY'
+import random, socket, sys
+eph = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+lo, hi = (10000, eph) if eph > 12000 else (eph, 65535)
+held, tries = [], 0
+while len(held) < int(sys.argv[1]):
+    tries += 1
+    if tries > 10000:
+        sys.exit("no free ports on 127.0.0.1")
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(lo, hi)))
+        held.append(s)
+    except OSError:
+        s.close()
+print(" ".join(str(s.getsockname()[1]) for s in held))
+for s in held:
+    s.close()
+PY
+}
+read -r P_UP P_PX P_PXH P_KG P_KGN P_KP P_WATCH A_KG A_KGN P_KGW A_KGW P_KPW P_KGU A_KGU P_KGUN A_KGUN \
+  <<<"$(free_ports 16)"
+echo "ports: upstream $P_UP, nginx $P_PX (h2 $P_PXH), kubegate $P_KG, no cache $P_KGN, kubectl proxy $P_KP"
 
 # ---------------------------------------------------------------- tools
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
 fi
@@ -73,8 +128,11 @@ openssl x509 -req -in "$W/tls.csr" -CA "$W/ca.crt" -CAkey "$W/ca.key" -CAcreates
 python3 "$HERE/gen_data.py" "$W/data"
 truncate -s "$STREAM_BYTES" "$W/data/big.log"
 ISSUER=https://issuer.bench.example
-python3 "$HERE/mint.py" "$W" "$ISSUER" kubegate bench-user bench,team-42
+python3 "$HERE/mint.py" "$W" "$ISSUER" kubegate bench-user bench,team-42 "$USERS"
 TOKEN=$(cat "$W/token")
+# The one-user control of the many-users cells: the first of the USERS tokens (same shape).
+head -n 1 "$W/tokens" > "$W/token1"
+echo "minted $(wc -l < "$W/tokens") user tokens"
 {
   echo 'default = "deny"'
   for i in $(seq 0 997); do
@@ -86,12 +144,24 @@ TOKEN=$(cat "$W/token")
 echo "policy rules: $(grep -c '^\[\[rule\]\]' "$W/policy.toml")"
 
 # ---------------------------------------------------------------- nginx upstream and nginx proxy
-cat > "$W/up/nginx.conf" <<NGX
+# HTTP/2 on a TLS listener: `listen ... ssl http2` until nginx 1.25.1, `http2 on;` from then.
+ngx_version=$(nginx -v 2>&1 | sed 's|.*nginx/||; s| .*||')
+if [[ $(printf '%s\n1.25.1\n' "$ngx_version" | sort -V | head -n 1) == 1.25.1 ]]; then
+  H2_LISTEN="ssl" H2_ON="http2 on;"
+else
+  H2_LISTEN="ssl http2" H2_ON=""
+fi
+# The main context both nginx configs share; the directory holds the pid and error log.
+ngx_main() { # dir
+  cat <<NGX
 worker_processes auto;
 worker_rlimit_nofile 200000;
-pid $W/up/nginx.pid;
-error_log $W/up/error.log warn;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
 events { worker_connections 60000; }
+NGX
+}
+{ ngx_main "$W/up"; cat <<NGX
 http {
   access_log off;
   default_type application/json;
@@ -104,7 +174,8 @@ http {
   http2_max_concurrent_streams 100000;
   client_body_temp_path $W/up/tmp; proxy_temp_path $W/up/tmp; fastcgi_temp_path $W/up/tmp; uwsgi_temp_path $W/up/tmp; scgi_temp_path $W/up/tmp;
   server {
-    listen 127.0.0.1:$P_UP ssl http2 backlog=8192;
+    listen 127.0.0.1:$P_UP $H2_LISTEN backlog=8192;
+    $H2_ON
     ssl_certificate $W/tls.crt;
     ssl_certificate_key $W/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -117,21 +188,10 @@ http {
   }
 }
 NGX
+} > "$W/up/nginx.conf"
 mkdir -p "$W/up/tmp" "$W/px/tmp"
-cat > "$W/px/nginx.conf" <<NGX
-worker_processes auto;
-worker_rlimit_nofile 200000;
-pid $W/px/nginx.pid;
-error_log $W/px/error.log warn;
-events { worker_connections 60000; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  keepalive_timeout 3600s;
-  client_body_temp_path $W/px/tmp; proxy_temp_path $W/px/tmp; fastcgi_temp_path $W/px/tmp; uwsgi_temp_path $W/px/tmp; scgi_temp_path $W/px/tmp;
-  upstream kube { server 127.0.0.1:$P_UP; keepalive 256; keepalive_requests 100000000; keepalive_timeout 3600s; }
-  server {
-    listen 127.0.0.1:$P_PX ssl backlog=8192;
+# One proxy server's body after its listen line (closing brace included).
+NGX_PROXY_SERVER=$(cat <<NGX
     ssl_certificate $W/tls.crt;
     ssl_certificate_key $W/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -150,8 +210,29 @@ http {
       proxy_read_timeout 3600s;
     }
   }
+NGX
+)
+{ ngx_main "$W/px"; cat <<NGX
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 3600s;
+  client_body_temp_path $W/px/tmp; proxy_temp_path $W/px/tmp; fastcgi_temp_path $W/px/tmp; uwsgi_temp_path $W/px/tmp; scgi_temp_path $W/px/tmp;
+  # keepalive: idle upstream connections kept per worker; above the h2 cells' 1,280
+  # concurrent requests, so nginx does not open and close upstream TLS connections there.
+  upstream kube { server 127.0.0.1:$P_UP; keepalive 2048; keepalive_requests 100000000; keepalive_timeout 3600s; }
+  server {
+    listen 127.0.0.1:$P_PX ssl backlog=8192;
+$NGX_PROXY_SERVER
+  # The same proxy for HTTP/2 clients (ALPN h2), on a port of its own so the HTTP/1.1 cells
+  # above are unchanged; the upstream side stays HTTP/1.1 keepalive (nginx proxies no h2).
+  server {
+    listen 127.0.0.1:$P_PXH $H2_LISTEN backlog=8192;
+    $H2_ON
+$NGX_PROXY_SERVER
 }
 NGX
+} > "$W/px/nginx.conf"
 nginx -q -t -c "$W/up/nginx.conf" -p "$W/up"
 nginx -q -t -c "$W/px/nginx.conf" -p "$W/px"
 nginx -c "$W/up/nginx.conf" -p "$W/up" -g 'daemon off;' & PID_UP=$!; PIDS+=("$PID_UP")
@@ -183,6 +264,9 @@ sed "s/:$P_UP/:$P_WATCH/" "$W/upstream.kubeconfig" > "$W/watch.kubeconfig"
 "$KUBECTL" proxy --kubeconfig="$W/watch.kubeconfig" --address=127.0.0.1 --port=$P_KPW \
   > "$W/kubectl-proxy-watch.log" 2>&1 & PID_KPW=$!; PIDS+=("$PID_KPW")
 
+# A full token cache is emptied (gateway/src/authn/cache.rs): room for every user's token
+# and the one-user token, with margin, so the many-users cells measure a warm cache.
+TOKEN_CACHE_SIZE=$(( USERS * 2 > 10000 ? USERS * 2 : 10000 ))
 kg_config() { # name port admin_port cache_ttl
   cat > "$W/$1.toml" <<TOML
 policy = "policy.toml"
@@ -202,7 +286,7 @@ groups_claim = "groups"
 algorithms = ["ES256"]
 [auth]
 token_cache_ttl = "$4"
-token_cache_size = 10000
+token_cache_size = $TOKEN_CACHE_SIZE
 [limits]
 requests_per_second = 1000000
 burst = 1000000
@@ -227,10 +311,15 @@ TOML
 kg_config kubegate $P_KG $A_KG 60s
 kg_config kubegate-nocache $P_KGN $A_KGN 0s
 kg_config kubegate-watch $P_KGW $A_KGW 60s
+kg_config users-mem $P_KGU $A_KGU 60s
+kg_config users-mem-nocache $P_KGUN $A_KGUN 0s
 sed -i 's/^kubeconfig = "upstream.kubeconfig"/kubeconfig = "watch.kubeconfig"/' "$W/kubegate-watch.toml"
 "$KG" serve --config "$W/kubegate.toml" > "$W/kubegate.log" 2>&1 & PID_KG=$!; PIDS+=("$PID_KG")
 "$KG" serve --config "$W/kubegate-nocache.toml" > "$W/kubegate-nocache.log" 2>&1 & PID_KGN=$!; PIDS+=("$PID_KGN")
 "$KG" serve --config "$W/kubegate-watch.toml" > "$W/kubegate-watch.log" 2>&1 & PID_KGW=$!; PIDS+=("$PID_KGW")
+# Two more, only for the memory per user (see "many users").
+"$KG" serve --config "$W/users-mem.toml" > "$W/users-mem.log" 2>&1 & PID_KGU=$!; PIDS+=("$PID_KGU")
+"$KG" serve --config "$W/users-mem-nocache.toml" > "$W/users-mem-nocache.log" 2>&1 & PID_KGUN=$!; PIDS+=("$PID_KGUN")
 
 wait_http() { # url [curl args...]
   local url=$1; shift
@@ -242,10 +331,13 @@ wait_http() { # url [curl args...]
 }
 wait_http "https://127.0.0.1:$P_UP/readyz" --cacert "$W/ca.crt"
 wait_http "https://127.0.0.1:$P_PX/readyz" --cacert "$W/ca.crt"
+wait_http "https://127.0.0.1:$P_PXH/readyz" --cacert "$W/ca.crt" --http2
 wait_http "http://127.0.0.1:$P_KP/version"
 wait_http "http://127.0.0.1:$A_KG/readyz"
 wait_http "http://127.0.0.1:$A_KGN/readyz"
 wait_http "http://127.0.0.1:$A_KGW/readyz"
+wait_http "http://127.0.0.1:$A_KGU/readyz"
+wait_http "http://127.0.0.1:$A_KGUN/readyz"
 wait_http "http://127.0.0.1:$P_KPW/version"
 
 declare -A URL PIDOF
@@ -255,6 +347,8 @@ URL[kubectl-proxy]=http://127.0.0.1:$P_KP;  PIDOF[kubectl-proxy]=$PID_KP
 URL[nginx]=https://127.0.0.1:$P_PX;         PIDOF[nginx]=$PID_PX
 URL[kubegate]=https://127.0.0.1:$P_KG;      PIDOF[kubegate]=$PID_KG
 URL[kubegate-nocache]=https://127.0.0.1:$P_KGN; PIDOF[kubegate-nocache]=$PID_KGN
+URL[users-mem]=https://127.0.0.1:$P_KGU;    PIDOF[users-mem]=$PID_KGU
+URL[users-mem-nocache]=https://127.0.0.1:$P_KGUN; PIDOF[users-mem-nocache]=$PID_KGUN
 declare -A OBJ
 OBJ[small]=/api/v1/namespaces/bench/pods/small
 OBJ[large]=/api/v1/namespaces/bench/configmaps/large
@@ -269,10 +363,19 @@ for p in "${PATHS[@]}"; do
     [[ $ct == application/json* ]] || { echo "$p $o: content type $ct" >&2; exit 1; }
   done
 done
-echo "all paths serve identical bodies"
+# And over HTTP/2 (ALPN h2) for the h2 cells.
+declare -A H2URL=([nginx]=https://127.0.0.1:$P_PXH [kubegate]=https://127.0.0.1:$P_KG)
+for p in nginx kubegate; do
+  ver=$(curl -fsS -k --http2 -H "Authorization: Bearer $TOKEN" -o "$W/check.json" -w '%{http_version}' "${H2URL[$p]}${OBJ[small]}")
+  cmp -s "$W/check.json" "$W/data/pod.json" || { echo "$p over h2: body differs" >&2; exit 1; }
+  [[ $ver == 2 ]] || { echo "$p: HTTP/$ver where HTTP/2 was offered" >&2; exit 1; }
+done
+echo "all paths serve identical bodies (nginx and kubegate over HTTP/2 too)"
 if [[ -n ${SETUP_ONLY:-} ]]; then
   # Leave everything running for profiling by hand; Ctrl-C (or killing this script) stops it.
   for p in "${PATHS[@]}"; do echo "$p ${URL[$p]} pid ${PIDOF[$p]}"; done
+  echo "HTTP/2: nginx ${H2URL[nginx]}, kubegate ${H2URL[kubegate]}"
+  echo "user tokens: $W/tokens"
   echo "token: $W/token"
   wait
 fi
@@ -288,24 +391,28 @@ for p in "${PATHS[@]}"; do
   printf '{"kind":"rest","path":"%s","rss_kb":%s}\n' "$p" "$(mem_kb "${PIDOF[$p]}" VmRSS)" >> "$RAW"
 done
 
+# With WRK_TOKENS=file, users.lua sends the file's tokens round-robin instead of $TOKEN.
+# The cell's JSON is left in $LAST.
 run_wrk() { # kind path object conns duration round [extra wrk args]
   local kind=$1 p=$2 o=$3 c=$4 d=$5 r=$6; shift 6
-  local pid=${PIDOF[$p]} c0 c1 out line
+  local pid=${PIDOF[$p]} c0 c1 out line script=(-s "$HERE/report.lua") tokens=()
+  if [[ -n ${WRK_TOKENS:-} ]]; then script=(-s "$HERE/users.lua"); tokens=(-- "$WRK_TOKENS" "${WRK_START:-0}"); fi
   c0=$(cpu_ticks "$pid")
-  out=$(wrk -t1 -c"$c" -d"${d}s" --timeout 10s --latency -s "$HERE/report.lua" \
-    -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json' "$@" "${URL[$p]}${OBJ[$o]}")
+  out=$(wrk -t1 -c"$c" -d"${d}s" --timeout 10s --latency "${script[@]}" \
+    -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json' "$@" "${URL[$p]}${OBJ[$o]}" "${tokens[@]}")
   c1=$(cpu_ticks "$pid")
   line=$(grep '^WRKJSON' <<<"$out" | sed 's/^WRKJSON //')
+  LAST=$line
   printf '{"kind":"%s","path":"%s","object":"%s","conns":%d,"round":%d,"cpu_s":%s,"hwm_kb":%d,"rss_kb":%d,"wrk":%s}\n' \
     "$kind" "$p" "$o" "$c" "$r" "$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{print (b-a)/hz}')" \
     "$(mem_kb "$pid" VmHWM)" "$(mem_kb "$pid" VmRSS)" "$line" >> "$RAW"
   echo "  $kind $p $o c=$c r=$r: $line"
 }
 
-echo "== warm-up"
+echo "== warm-up (at $(( $(date +%s) - T_START )) s)"
 for p in "${PATHS[@]}"; do for o in small list; do run_wrk warmup "$p" "$o" 16 "$WARMUP" 0; done; done
 
-echo "== keep-alive matrix (${ROUNDS} rounds x ${DURATION}s, alternating paths)"
+echo "== keep-alive matrix (${ROUNDS} rounds x ${DURATION}s, alternating paths) (at $(( $(date +%s) - T_START )) s)"
 for o in small list; do
   for c in 1 16 128; do
     for r in $(seq 1 "$ROUNDS"); do
@@ -317,12 +424,82 @@ for r in $(seq 1 "$ROUNDS"); do
   for p in "${PATHS[@]}"; do run_wrk load "$p" large 16 "$DURATION" "$r"; done
 done
 
-echo "== new TLS handshakes (Connection: close, 16 connections)"
+# One h2load run: 1 thread, C connections with M concurrent streams each, TLS with ALPN h2.
+run_h2() { # kind path conns streams duration round
+  local kind=$1 p=$2 c=$3 m=$4 d=$5 r=$6
+  local pid=${PIDOF[$p]} c0 c1 line
+  c0=$(cpu_ticks "$pid")
+  h2load -t1 -c"$c" -m"$m" -D "$d" --log-file="$W/h2.log" \
+    -H "authorization: Bearer $TOKEN" -H 'accept: application/json' "${H2URL[$p]}${OBJ[small]}" > "$W/h2.out"
+  c1=$(cpu_ticks "$pid")
+  line=$(python3 "$HERE/h2json.py" "$W/h2.out" "$W/h2.log")
+  rm -f "$W/h2.log"
+  printf '{"kind":"%s","path":"%s","object":"small","conns":%d,"streams":%d,"round":%d,"cpu_s":%s,"hwm_kb":%d,"rss_kb":%d,"wrk":%s}\n' \
+    "$kind" "$p" "$c" "$m" "$r" "$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{print (b-a)/hz}')" \
+    "$(mem_kb "$pid" VmHWM)" "$(mem_kb "$pid" VmRSS)" "$line" >> "$RAW"
+  echo "  $kind $p small c=$c m=$m r=$r: $line"
+}
+
+echo "== HTTP/2 (h2load, ${ROUNDS} rounds x ${DURATION}s, alternating nginx and kubegate) (at $(( $(date +%s) - T_START )) s)"
+# Warm-up at the largest concurrency, so both proxies hold their upstream connections for it
+# (nginx: HTTP/1.1 keepalive; kubegate: HTTP/1.1 pools too for ordinary requests, one
+# connection per concurrent request) before any measured cell.
+for p in nginx kubegate; do run_h2 warmup "$p" 128 10 "$WARMUP" 0; done
+for c in 16 128; do
+  for r in $(seq 1 "$ROUNDS"); do
+    for p in nginx kubegate; do run_h2 h2 "$p" "$c" 10 "$DURATION" "$r"; done
+  done
+done
+
+echo "== many users ($USERS distinct users, a token each, round-robin over the connections) (at $(( $(date +%s) - T_START )) s)"
+json_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+# Every one of the USERS tokens answered at least once, at 16 connections, in runs of
+# WARMUP s each continuing where the last one stopped; any refused token stops the run.
+users_pass() { # path
+  local p=$1 sent=0 answered try
+  for try in $(seq 1 100); do
+    WRK_TOKENS=$W/tokens WRK_START=$sent run_wrk users-warmup "$p" small 16 "$WARMUP" 0
+    if (( $(json_field "$LAST" status_errors) + $(json_field "$LAST" sock_errors) > 0 )); then
+      echo "$p refused some of the $USERS user tokens: see $W/$p.log and $W/$p-audit.log" >&2; exit 1
+    fi
+    # Tokens go out in order, one connection's next request after its last answer, so
+    # only the last 16 sent can be unanswered.
+    answered=$(json_field "$LAST" requests)
+    (( answered > 16 )) && sent=$(( sent + answered - 16 ))
+    (( sent >= USERS )) && return 0
+  done
+  echo "$p: could not send all $USERS user tokens in 100 runs" >&2; exit 1
+}
+# Memory, on two gateways started for it alone (a fresh heap, so growth is not hidden in
+# memory an earlier cell freed): the no-cache variant keeps no identity, only per-user
+# state such as the rate-limit bucket; the cached one keeps both, and the difference is the
+# cached identities. A one-token pass first brings connection buffers to working size.
+for p in users-mem-nocache users-mem; do
+  WRK_TOKENS=$W/token1 run_wrk users-warmup "$p" small 16 "$WARMUP" 0
+  before=$(mem_kb "${PIDOF[$p]}" VmRSS)
+  users_pass "$p"
+  printf '{"kind":"users-mem","path":"%s","users":%d,"rss_before_kb":%d,"rss_after_kb":%d}\n' \
+    "$p" "$USERS" "$before" "$(mem_kb "${PIDOF[$p]}" VmRSS)" >> "$RAW"
+done
+# Throughput on the kubegate of the other cells, its cache warmed just before (60 s TTL).
+users_pass kubegate
+# nginx ignores the token: its pair (after kubegate's, which should run within the TTL)
+# shows what the token file costs the load generator.
+for p in kubegate nginx; do
+  for c in 16 128; do
+    for r in $(seq 1 "$ROUNDS"); do
+      WRK_TOKENS=$W/token1 run_wrk users-1 "$p" small "$c" "$DURATION" "$r"
+      WRK_TOKENS=$W/tokens run_wrk users-n "$p" small "$c" "$DURATION" "$r"
+    done
+  done
+done
+
+echo "== new TLS handshakes (Connection: close, 16 connections) (at $(( $(date +%s) - T_START )) s)"
 for r in $(seq 1 "$ROUNDS"); do
   for p in direct nginx kubegate; do run_wrk handshake "$p" small 16 "$DURATION" "$r" -H 'Connection: close'; done
 done
 
-echo "== $STREAM_BYTES-byte response"
+echo "== $STREAM_BYTES-byte response (at $(( $(date +%s) - T_START )) s)"
 for p in direct kubectl-proxy nginx kubegate; do
   pid=${PIDOF[$p]}
   before=$(mem_kb "$pid" VmRSS); reset_hwm "$pid"
@@ -334,7 +511,7 @@ for p in direct kubectl-proxy nginx kubegate; do
   echo "  $p: $size bytes in $secs s (HTTP/$ver)"
 done
 
-echo "== $WATCHES idle watches"
+echo "== $WATCHES idle watches (at $(( $(date +%s) - T_START )) s)"
 declare -A WURL=([kubectl-proxy]=http://127.0.0.1:$P_KPW [kubegate]=https://127.0.0.1:$P_KGW)
 declare -A WPID=([kubectl-proxy]=$PID_KPW [kubegate]=$PID_KGW)
 for p in kubectl-proxy kubegate; do
@@ -352,11 +529,14 @@ audit_lines=$(cat "$W"/kubegate-audit.log* | wc -l)
 # ---------------------------------------------------------------- report
 {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")"
-  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile"
+  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile, binary $KG"
   echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
   echo "wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
   echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
-  echo "command: DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP WATCHES=$WATCHES bash bench/compare/run.sh"
+  echo "h2load: $(h2load --version 2>&1 | head -1)"
+  echo "command: DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP WATCHES=$WATCHES USERS=$USERS STREAM_BYTES=$STREAM_BYTES bash bench/compare/run.sh"
+  echo "run time: $(( $(date +%s) - T_START )) s (from start to the report, tools and build included)"
+  echo "kubegate token_cache_size: $TOKEN_CACHE_SIZE (for $USERS users)"
   echo "audit lines written by kubegate (cached variant, incl. rotated file): $audit_lines"
 } > "$W/meta.txt"
 python3 "$HERE/report.py" "$RAW" "$W/meta.txt" > "$HERE/results/$STAMP.md"
