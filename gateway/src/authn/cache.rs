@@ -36,6 +36,10 @@ struct Entry {
     generation: u64,
 }
 
+/// When the cache is full of live entries, about 1/this of them (those ending soonest)
+/// make room.
+const EVICT_FRACTION: usize = 8;
+
 /// A bounded map from token digest to verified identity.
 pub(crate) struct TokenCache {
     ttl: Duration,
@@ -88,10 +92,15 @@ impl TokenCache {
         if entries.len() >= self.capacity {
             let now = now_secs();
             entries.retain(|_, e| e.until > now);
-            // Still full of live entries: start over rather than grow. A miss only
-            // costs one signature check.
+            // Still full of live entries: drop the eighth that ends soonest, rather than
+            // grow or start over (which would make every user of a busy gateway pay a
+            // signature check at once). One scan per capacity/8 inserts.
             if entries.len() >= self.capacity {
-                entries.clear();
+                let mut ends: Vec<u64> = entries.values().map(|e| e.until).collect();
+                let cut = ends.len() / EVICT_FRACTION;
+                let (_, threshold, _) = ends.select_nth_unstable(cut);
+                let threshold = *threshold;
+                entries.retain(|_, e| e.until > threshold);
             }
         }
         entries.insert(
@@ -194,5 +203,35 @@ mod tests {
     fn digests_differ_per_token() {
         assert_ne!(digest_of("a"), digest_of("b"));
         assert_eq!(digest_of("a"), digest_of("a"));
+    }
+
+    #[test]
+    fn a_full_cache_drops_the_entries_ending_soonest_not_all() {
+        let cache = TokenCache::new(Duration::from_secs(3600), 16);
+        let now = now_secs();
+        for i in 0..16u8 {
+            // Entry i ends i minutes from now plus ten.
+            let ends = now + 600 + u64::from(i) * 60;
+            cache.insert([i; 32], id(&format!("u{i}")), ends, (0, 1, 1));
+        }
+        assert_eq!(cache.len(), 16);
+        cache.insert([99; 32], id("new"), now + 3000, (0, 1, 1));
+        let current = |_| Some((1, 1));
+        assert!(
+            cache.get(&[99; 32], current).is_some(),
+            "the new entry is kept"
+        );
+        // The three ending soonest (an eighth, and the one at the cut) made room; every
+        // other user keeps their entry.
+        assert!(cache.get(&[0; 32], current).is_none());
+        assert!(cache.get(&[1; 32], current).is_none());
+        assert!(cache.get(&[2; 32], current).is_none());
+        for i in 3..16u8 {
+            assert!(
+                cache.get(&[i; 32], current).is_some(),
+                "entry {i} was dropped"
+            );
+        }
+        assert!(cache.len() >= 14);
     }
 }
