@@ -35,7 +35,9 @@
 # Environment: DURATION (s per cell, 4), ROUNDS (2), WARMUP (s, 2), WATCHES (10000, capped by
 # the open-file limit), USERS (10000), STREAM_BYTES (1073741824), KUBEGATE_BIN (skip the
 # build), BENCH_WORK (scratch dir, default a new mktemp -d), SETUP_ONLY=1 (start every path,
-# print the URLs and wait: for profiling by hand).
+# print the URLs and wait: for profiling by hand), KUBEGATE_LOG (the gateways' log filter,
+# default warn: no per-request log line, as nginx here runs with access_log off; the audit
+# file still records every request. KUBEGATE_LOG=info measures with the access line).
 # The defaults take about 10 minutes on 2 cores (the report's meta lines say how long).
 # Short trial run (about 3 minutes; do not keep its results files):
 #   DURATION=2 ROUNDS=1 WARMUP=1 WATCHES=500 STREAM_BYTES=100000000 bash bench/compare/run.sh
@@ -107,6 +109,7 @@ KUBECTL=${KUBECTL:-/usr/bin/kubectl}
 # KUBEGATE_BIN=path skips the build (e.g. while another cargo command holds the build lock).
 if [[ -z ${KUBEGATE_BIN:-} ]]; then cargo build --release -p kubegate --bin kubegate; fi
 KG=${KUBEGATE_BIN:-$ROOT/target/release/kubegate}
+export KUBEGATE_LOG=${KUBEGATE_LOG:-warn}
 
 PIDS=()
 cleanup() {
@@ -529,7 +532,7 @@ audit_lines=$(cat "$W"/kubegate-audit.log* | wc -l)
 # ---------------------------------------------------------------- report
 {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")"
-  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile, binary $KG"
+  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile, binary $KG, KUBEGATE_LOG=$KUBEGATE_LOG"
   echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
   echo "wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
   echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
