@@ -301,11 +301,17 @@ impl Event {
     /// [`to_line`](Self::to_line), leaving out who made the request when
     /// `omit_user_info` (`[audit] omit_user_info`).
     pub(super) fn line(&self, omit_user_info: bool) -> serde_json::Result<Vec<u8>> {
-        let mut line = serde_json::to_vec(&self.wire(omit_user_info))?;
+        // Sized for a typical line (about 750 bytes), so it is written without the three
+        // reallocations and copies of growing from serde_json's 128 bytes.
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        serde_json::to_writer(&mut line, &self.wire(omit_user_info))?;
         line.push(b'\n');
         Ok(line)
     }
 }
+
+/// The room an audit line is written into at first.
+const LINE_CAPACITY: usize = 1024;
 
 /// RFC 3339 in UTC with microseconds, `2026-11-28T12:00:00.123456Z`, truncated like the
 /// API server's `MicroTime`.
