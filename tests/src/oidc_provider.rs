@@ -74,11 +74,16 @@ pub fn start_provider_with(args: &[&str]) -> Provider {
 
 /// POSTs a form to the provider: (status, JSON body or null).
 pub async fn post(url: &str, body: &str) -> (StatusCode, serde_json::Value) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let request = http::Request::post(url)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("request");
+    send(request).await
+}
+
+/// Sends `request` to the provider over plain HTTP: (status, JSON body or null).
+async fn send(request: http::Request<Full<Bytes>>) -> (StatusCode, serde_json::Value) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let response = client.request(request).await.expect("provider answers");
     let status = response.status();
     let bytes = response
@@ -197,19 +202,10 @@ pub fn browser_script() -> PathBuf {
 
 /// GET from the provider: (status, JSON body or null).
 pub async fn get(url: &str) -> (StatusCode, serde_json::Value) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let request = http::Request::get(url)
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let response = client.request(request).await.expect("provider answers");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    send(request).await
 }
 
 impl Provider {

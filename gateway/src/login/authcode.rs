@@ -15,8 +15,7 @@ use axum::extract::{Query, State};
 use axum::response::Html;
 use axum::routing::get;
 use http::StatusCode;
-use openidconnect::core::CoreAuthenticationFlow;
-use openidconnect::{CsrfToken, Nonce, PkceCodeChallenge, RedirectUrl, Scope};
+use openidconnect::RedirectUrl;
 use tokio::sync::oneshot;
 
 use super::args::SignInArgs;
@@ -151,25 +150,11 @@ pub async fn sign_in(
         })?;
     let redirect = RedirectUrl::new(format!("http://{addr}{CALLBACK_PATH}"))
         .map_err(|e| LoginError::BadArgument(format!("redirect URL: {e}")))?;
-    let client = provider.client.clone().set_redirect_uri(redirect.clone());
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let mut request = client.authorize_url(
-        CoreAuthenticationFlow::AuthorizationCode,
-        CsrfToken::new_random,
-        Nonce::new_random,
-    );
-    for scope in scopes.iter().filter(|s| *s != "openid") {
-        request = request.add_scope(Scope::new(scope.clone()));
-    }
-    let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
-    // A wrong client id or redirect URI fails now, not after the authentication timeout.
-    provider
-        .probe_authorization(&url, redirect.as_str())
-        .await?;
+    let authorization = provider.authorize(redirect, scopes).await?;
 
     let (done, outcome) = oneshot::channel();
     let callback = Arc::new(Callback {
-        state: state.secret().clone(),
+        state: authorization.state.secret().clone(),
         issuer: provider.issuer.clone(),
         done: Mutex::new(Some(done)),
     });
@@ -186,7 +171,7 @@ pub async fn sign_in(
     });
 
     browser::open(
-        url.as_str(),
+        authorization.url.as_str(),
         &format!("to sign in at {}", provider.issuer),
         args,
     );
@@ -200,7 +185,7 @@ pub async fn sign_in(
         Ok(Err(_)) => return Err(LoginError::Timeout(args.authentication_timeout)),
         Ok(Ok(outcome)) => outcome?,
     };
-    provider.redeem_code(&client, code, verifier, &nonce).await
+    provider.redeem(authorization, code).await
 }
 
 #[cfg(test)]

@@ -8,8 +8,7 @@
 
 use std::io::BufRead;
 
-use openidconnect::core::CoreAuthenticationFlow;
-use openidconnect::{CsrfToken, Nonce, PkceCodeChallenge, RedirectUrl, Scope};
+use openidconnect::RedirectUrl;
 
 use super::args::SignInArgs;
 use super::browser;
@@ -70,27 +69,13 @@ pub async fn sign_in(
         .unwrap_or_else(|| OOB.to_string());
     let redirect = RedirectUrl::new(redirect)
         .map_err(|e| LoginError::BadArgument(format!("--oidc-redirect-url: {e}")))?;
-    let client = provider.client.clone().set_redirect_uri(redirect.clone());
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let mut request = client.authorize_url(
-        CoreAuthenticationFlow::AuthorizationCode,
-        CsrfToken::new_random,
-        Nonce::new_random,
-    );
-    for scope in scopes.iter().filter(|s| *s != "openid") {
-        request = request.add_scope(Scope::new(scope.clone()));
-    }
-    let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
-    // A wrong client id or a redirect URI the client does not allow fails now.
-    provider
-        .probe_authorization(&url, redirect.as_str())
-        .await?;
+    let authorization = provider.authorize(redirect, scopes).await?;
     let no_browser = SignInArgs {
         skip_open_browser: true,
         ..args.clone()
     };
     browser::open(
-        url.as_str(),
+        authorization.url.as_str(),
         &format!("to sign in at {}", provider.issuer),
         if args.browser_command.is_some() {
             args
@@ -106,8 +91,8 @@ pub async fn sign_in(
     .await
     .map_err(|_| LoginError::Timeout(args.authentication_timeout))?
     .map_err(|e| LoginError::Prompt(std::io::Error::other(e)))??;
-    let code = parse_pasted(&line, state.secret())?;
-    provider.redeem_code(&client, code, verifier, &nonce).await
+    let code = parse_pasted(&line, authorization.state.secret())?;
+    provider.redeem(authorization, code).await
 }
 
 #[cfg(test)]

@@ -9,14 +9,16 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openidconnect::core::{
-    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType,
-    CoreIdToken, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
-    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType, CoreTokenResponse,
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreIdToken, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType, CoreTokenResponse,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, ClientId, ClientSecret, DeviceAuthorizationUrl, EndpointMaybeSet,
-    EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, ProviderMetadata,
-    RevocationUrl, TokenResponse,
+    AdditionalProviderMetadata, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RevocationUrl, Scope,
+    TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +87,21 @@ pub struct Provider {
     pub issuer: String,
     /// The client id, for messages.
     pub client_id: String,
+}
+
+/// One sign-in's authorization request: the URL to open, and what its answer must match
+/// and is redeemed with.
+pub struct Authorization {
+    /// The client with this sign-in's redirect URI, for redeeming the code.
+    pub client: Client,
+    /// The authorization URL to open.
+    pub url: url::Url,
+    /// The `state` the answer must carry.
+    pub state: CsrfToken,
+    /// The `nonce` the ID token must carry.
+    pub nonce: Nonce,
+    /// The PKCE verifier the code is redeemed with.
+    pub verifier: PkceCodeVerifier,
 }
 
 /// No single request to the provider may take longer than this.
@@ -176,11 +193,37 @@ impl Provider {
     /// carries nothing the browser would not (state, nonce and the PKCE challenge are public
     /// parts of the request); the provider may start a login session for it, which is
     /// abandoned. Any other answer (a login page, a redirect to one) lets the sign-in go on.
-    pub async fn probe_authorization(
+    /// The authorization request of a sign-in answered at `redirect` (PKCE S256, a fresh
+    /// state and nonce, `scopes` besides `openid`, which openidconnect always sends),
+    /// probed before it is returned: a wrong client id or a redirect URI the client does
+    /// not allow fails now, not after the authentication timeout.
+    pub async fn authorize(
         &self,
-        url: &url::Url,
-        redirect: &str,
-    ) -> Result<(), LoginError> {
+        redirect: RedirectUrl,
+        scopes: &[String],
+    ) -> Result<Authorization, LoginError> {
+        let client = self.client.clone().set_redirect_uri(redirect.clone());
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = client.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for scope in scopes.iter().filter(|s| *s != "openid") {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+        self.probe_authorization(&url, redirect.as_str()).await?;
+        Ok(Authorization {
+            client,
+            url,
+            state,
+            nonce,
+            verifier,
+        })
+    }
+
+    async fn probe_authorization(&self, url: &url::Url, redirect: &str) -> Result<(), LoginError> {
         let response =
             self.http
                 .get(url.as_str())
@@ -209,30 +252,29 @@ impl Provider {
         judge_probe(status.as_u16(), location.as_ref(), redirect, &page)
     }
 
-    /// Redeems an authorization `code` (with its PKCE verifier, at the token endpoint of
-    /// `client`, which carries the redirect URI the code was issued for) and verifies the
-    /// ID token against `nonce`: the last step of the browser and the keyboard flows.
-    pub async fn redeem_code(
+    /// Redeems the `code` that answered `authorization` (with its PKCE verifier, at the
+    /// token endpoint, for the redirect URI the code was issued for) and verifies the ID
+    /// token against its nonce: the last step of the browser and the keyboard flows.
+    pub async fn redeem(
         &self,
-        client: &Client,
+        authorization: Authorization,
         code: String,
-        verifier: openidconnect::PkceCodeVerifier,
-        nonce: &openidconnect::Nonce,
     ) -> Result<CachedTokens, LoginError> {
-        let response = client
+        let response = authorization
+            .client
             .exchange_code(openidconnect::AuthorizationCode::new(code))
             .map_err(|_| LoginError::Unsupported {
                 issuer: self.issuer.clone(),
                 what: "token endpoint",
             })?
-            .set_pkce_verifier(verifier)
+            .set_pkce_verifier(authorization.verifier)
             .request_async(&self.http)
             .await
             .map_err(|e| LoginError::TokenRequest {
                 grant: "authorization code",
                 reason: error_chain(&e),
             })?;
-        self.verify(&response, NonceCheck::Exact(nonce), None)
+        self.verify(&response, NonceCheck::Exact(&authorization.nonce), None)
     }
 
     /// Checks the ID token of a token response and returns what the cache keeps.
@@ -301,7 +343,7 @@ const REGISTRATION_ERRORS: [&str; 5] = [
     "invalid_scope",
 ];
 
-/// Judges the authorization endpoint's answer to [`Provider::probe_authorization`]:
+/// Judges the authorization endpoint's answer to the probe in [`Provider::authorize`]:
 /// `status`, its `location` (resolved) and the start of its `page`.
 pub fn judge_probe(
     status: u16,
