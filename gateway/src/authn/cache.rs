@@ -49,7 +49,8 @@ impl TokenCache {
     pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
         TokenCache {
             ttl,
-            capacity,
+            // At least one: the eviction below picks from a full, so non-empty, map.
+            capacity: capacity.max(1),
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -231,5 +232,15 @@ mod tests {
             );
         }
         assert!(cache.len() >= 14);
+    }
+
+    #[test]
+    fn a_zero_capacity_holds_one_entry_instead_of_panicking() {
+        let cache = TokenCache::new(Duration::from_secs(60), 0);
+        let now = now_secs();
+        for i in 0..3u8 {
+            cache.insert([i; 32], id("u"), now + 600, (0, 1, 1));
+        }
+        assert_eq!(cache.len(), 1);
     }
 }

@@ -1031,9 +1031,25 @@ async fn authorize_get(State(issuer): State<Arc<DevIssuer>>, request: Request<Bo
 
 async fn authorize_post(State(issuer): State<Arc<DevIssuer>>, request: Request<Body>) -> Response {
     let (parts, body) = request.into_parts();
-    match axum::body::to_bytes(body, MAX_INPUT).await {
+    match read_body(body).await {
         Ok(body) => issuer.authorize_choice(peer_of(&parts), &parts.headers, &body),
-        Err(_) => issuer.refuse(Refusal::Page(format!("the form exceeds {MAX_INPUT} bytes"))),
+        Err(reason) => issuer.refuse(Refusal::Page(reason)),
+    }
+}
+
+/// How long a form's body may take to arrive: these routes sit beside the pipeline, so
+/// nothing else bounds a client that sends its body slowly.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A form's body, at most [`MAX_INPUT`] bytes within [`BODY_DEADLINE`]; else why not.
+async fn read_body(body: Body) -> Result<axum::body::Bytes, String> {
+    match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_INPUT)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err(format!("the body exceeds {MAX_INPUT} bytes")),
+        Err(_) => Err(format!(
+            "the body did not arrive within {} s",
+            BODY_DEADLINE.as_secs()
+        )),
     }
 }
 
@@ -1043,12 +1059,9 @@ async fn form_endpoint(
     answer: impl FnOnce(&HeaderMap, &[u8]) -> Result<serde_json::Value, OAuthError>,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let result = match axum::body::to_bytes(body, MAX_INPUT).await {
+    let result = match read_body(body).await {
         Ok(body) => answer(&parts.headers, &body),
-        Err(_) => Err(oauth(
-            "invalid_request",
-            format!("the body exceeds {MAX_INPUT} bytes"),
-        )),
+        Err(reason) => Err(oauth("invalid_request", reason)),
     };
     match result {
         Ok(value) => {
@@ -1473,6 +1486,27 @@ mod tests {
             "invalid_grant",
             "unknown or expired",
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_arrives_is_refused_at_the_deadline() {
+        let issuer = Arc::new(issuer());
+        let request = Request::post(TOKEN_PATH)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from_stream(futures_util::stream::pending::<
+                Result<axum::body::Bytes, std::io::Error>,
+            >()))
+            .unwrap();
+        let answer = tokio::spawn(token_post(State(issuer), request));
+        tokio::time::advance(BODY_DEADLINE + Duration::from_secs(1)).await;
+        let response = tokio::time::timeout(Duration::from_secs(60), answer)
+            .await
+            .expect("the request was still waiting for its body")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = text(response).await;
+        assert!(body.contains("invalid_request"), "{body}");
+        assert!(body.contains("did not arrive within 10 s"), "{body}");
     }
 
     #[tokio::test]
