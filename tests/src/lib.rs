@@ -961,9 +961,15 @@ pub async fn output_within_a_minute(
     )
 }
 
-/// The `kubegate` binary of this workspace, built once per test binary (`cargo build -p
-/// kubegate --bin kubegate`): a test in this crate cannot name another crate's binary
-/// with `CARGO_BIN_EXE_*`, and a stale one from an earlier build would test old code.
+/// The `kubegate` binary of this workspace, found once per test binary.
+///
+/// A test in this crate cannot name another crate's binary with `CARGO_BIN_EXE_*`, and a
+/// stale one from an earlier build would test old code, so cargo is asked for it with the
+/// README's own selection (`cargo test --workspace --no-run`). Under that command the
+/// answer is a no-op that names the binary the surrounding run already built; `cargo
+/// build -p kubegate` would resolve features differently (no dev-dependencies, so tokio
+/// without `test-util`) and build the whole dependency tree a second time, which once
+/// filled CI's disk.
 pub fn kubegate_binary() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
@@ -972,11 +978,9 @@ pub fn kubegate_binary() -> PathBuf {
             .expect("workspace root");
         let output = std::process::Command::new(env!("CARGO"))
             .args([
-                "build",
-                "-p",
-                "kubegate",
-                "--bin",
-                "kubegate",
+                "test",
+                "--workspace",
+                "--no-run",
                 "--message-format=json-render-diagnostics",
             ])
             .current_dir(workspace)
@@ -990,7 +994,14 @@ pub fn kubegate_binary() -> PathBuf {
         String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["target"]["name"] == "kubegate")
+            .filter(|m| {
+                m["reason"] == "compiler-artifact"
+                    && m["target"]["name"] == "kubegate"
+                    && m["profile"]["test"] == false
+                    && m["target"]["kind"]
+                        .as_array()
+                        .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"))
+            })
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
             .expect("cargo names the kubegate executable")
     })
