@@ -1,9 +1,17 @@
 //! An issuer's signing keys, parsed from a JWKS document into verification keys.
+//!
+//! Each key is parsed once, when the document arrives, into one aws-lc-rs
+//! [`ParsedPublicKey`] per algorithm it may verify. The JWT library rebuilt the key from
+//! its JWK components on every verification (and cloned them), which was a third of a
+//! cache miss's cost.
 
 use std::collections::HashMap;
 
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm as JwtAlg;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
 use kubegate_config::Algorithm;
 
 /// A JWKS larger than this is refused: real ones are a few KiB.
@@ -63,11 +71,33 @@ pub(crate) fn jwt_alg(alg: Algorithm) -> JwtAlg {
     }
 }
 
+/// The RSA parameters of each RSA algorithm (the same the JWT library verified with).
+fn rsa_parameters(alg: JwtAlg) -> Option<&'static sig::RsaParameters> {
+    Some(match alg {
+        JwtAlg::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        JwtAlg::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        JwtAlg::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        JwtAlg::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        JwtAlg::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        JwtAlg::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+/// The verification algorithm of each elliptic-curve JWS algorithm. JWS carries ECDSA
+/// signatures as fixed-width r || s (RFC 7518 section 3.4).
+fn curve_verification(alg: JwtAlg) -> Option<&'static dyn sig::VerificationAlgorithm> {
+    Some(match alg {
+        JwtAlg::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        JwtAlg::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        JwtAlg::EdDSA => &sig::ED25519,
+        _ => return None,
+    })
+}
+
 struct Key {
-    kind: KeyKind,
-    /// The key's own `alg`, when the JWKS pins one.
-    alg: Option<JwtAlg>,
-    decoding: DecodingKey,
+    /// One parsed key per allowed algorithm this key may verify.
+    verifiers: Vec<(JwtAlg, ParsedPublicKey)>,
 }
 
 /// The verification keys of one issuer.
@@ -96,17 +126,13 @@ impl KeySet {
             return Err(KeySetError::TooLarge);
         }
         let set: JwkSet = serde_json::from_slice(json)?;
-        let allowed_kinds: Vec<KeyKind> = allowed
-            .iter()
-            .filter_map(|a| kind_of(jwt_alg(*a)))
-            .collect();
+        let allowed: Vec<JwtAlg> = allowed.iter().map(|a| jwt_alg(*a)).collect();
         let mut keys = Vec::new();
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
-            let Some(key) = usable_key(jwk) else { continue };
-            if !allowed_kinds.contains(&key.kind) {
+            let Some(key) = usable_key(jwk, &allowed) else {
                 continue;
-            }
+            };
             if let Some(kid) = &jwk.common.key_id {
                 // A duplicate kid is ambiguous; the first one wins, like most verifiers.
                 by_kid.entry(kid.clone()).or_insert(keys.len());
@@ -137,14 +163,20 @@ impl KeySet {
         &'a self,
         kid: Option<&str>,
         alg: JwtAlg,
-    ) -> impl Iterator<Item = &'a DecodingKey> + 'a {
-        let kind = kind_of(alg);
-        let fits = move |k: &&Key| Some(k.kind) == kind && k.alg.is_none_or(|a| a == alg);
-        let chosen: Box<dyn Iterator<Item = &Key>> = match kid {
-            Some(kid) => Box::new(self.by_kid.get(kid).map(|&i| &self.keys[i]).into_iter()),
-            None => Box::new(self.keys.iter()),
+    ) -> impl Iterator<Item = &'a ParsedPublicKey> + 'a {
+        let chosen: &[Key] = match kid {
+            Some(kid) => match self.by_kid.get(kid) {
+                Some(&i) => std::slice::from_ref(&self.keys[i]),
+                None => &[],
+            },
+            None => &self.keys,
         };
-        chosen.filter(fits).map(|k| &k.decoding)
+        chosen.iter().filter_map(move |k| {
+            k.verifiers
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .map(|(_, key)| key)
+        })
     }
 
     /// Whether the set has a key with this `kid`.
@@ -153,7 +185,9 @@ impl KeySet {
     }
 }
 
-fn usable_key(jwk: &Jwk) -> Option<Key> {
+/// The key of a JWK, parsed for each of `allowed` it may verify; `None` when it may verify
+/// none of them (or is malformed: one bad key does not spoil the document).
+fn usable_key(jwk: &Jwk, allowed: &[JwtAlg]) -> Option<Key> {
     if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
         return None;
     }
@@ -171,7 +205,7 @@ fn usable_key(jwk: &Jwk) -> Option<Key> {
         // JWKS mint tokens.
         _ => return None,
     };
-    let alg = match jwk.common.key_algorithm {
+    let pinned = match jwk.common.key_algorithm {
         None => None,
         Some(a) => {
             let alg: JwtAlg = a.to_string().parse().ok()?;
@@ -181,12 +215,52 @@ fn usable_key(jwk: &Jwk) -> Option<Key> {
             Some(alg)
         }
     };
-    let decoding = DecodingKey::from_jwk(jwk).ok()?;
-    Some(Key {
-        kind,
-        alg,
-        decoding,
-    })
+    let mut verifiers = Vec::new();
+    for &alg in allowed {
+        if kind_of(alg) != Some(kind) || pinned.is_some_and(|p| p != alg) {
+            continue;
+        }
+        verifiers.push((alg, parse_key(&jwk.algorithm, alg)?));
+    }
+    if verifiers.is_empty() {
+        return None;
+    }
+    Some(Key { verifiers })
+}
+
+/// Parses the public key of a JWK (already known to fit `alg`'s key type) for `alg`.
+fn parse_key(params: &AlgorithmParameters, alg: JwtAlg) -> Option<ParsedPublicKey> {
+    let b64 = |v: &str| URL_SAFE_NO_PAD.decode(v).ok();
+    match params {
+        AlgorithmParameters::RSA(rsa) => {
+            let (n, e) = (b64(&rsa.n)?, b64(&rsa.e)?);
+            RsaPublicKeyComponents { n: &n, e: &e }
+                .to_parsed_public_key(rsa_parameters(alg)?)
+                .ok()
+        }
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let width = if kind_of(alg) == Some(KeyKind::P256) {
+                32
+            } else {
+                48
+            };
+            let (x, y) = (b64(&ec.x)?, b64(&ec.y)?);
+            if x.len() != width || y.len() != width {
+                return None;
+            }
+            // The uncompressed point (SEC 1): 0x04 || x || y. aws-lc checks it lies on
+            // the curve.
+            let mut point = Vec::with_capacity(1 + 2 * width);
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            ParsedPublicKey::new(curve_verification(alg)?, point).ok()
+        }
+        AlgorithmParameters::OctetKeyPair(okp) => {
+            ParsedPublicKey::new(curve_verification(alg)?, b64(&okp.x)?).ok()
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

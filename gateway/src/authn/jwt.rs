@@ -8,8 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm as JwtAlg, Validation};
+use jsonwebtoken::Algorithm as JwtAlg;
 use kubegate_config::{ClaimRules, KeySource, OidcIssuer};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -19,6 +18,7 @@ use tracing::{info, warn};
 
 use super::jwks::{KeySet, jwt_alg};
 use super::keys::{KeyFetcher, KeyLoadError, fetch_key_set};
+use super::registered;
 use super::{AuthError, Identity};
 
 /// Usernames and groups under `system:` belong to the cluster's own components; a token
@@ -273,7 +273,8 @@ impl IssuerVerifier {
         if live.retired {
             return Err(AuthError::UnknownIssuer);
         }
-        let header = peek_header(token)?;
+        let (head, payload, signature) = parts(token)?;
+        let header = peek_header(head)?;
         let alg = self.allowed_alg(&header.alg)?;
         let mut keys = self.keys.load_full();
         if let Some(kid) = header.kid.as_deref()
@@ -282,33 +283,38 @@ impl IssuerVerifier {
             keys = self.keys_for_unknown_kid(kid).await.or(keys);
         }
         let keys = keys.ok_or(AuthError::KeysUnavailable)?;
-        let validation = self.validation(alg, &live.audiences);
 
-        let mut last = AuthError::Signature;
-        for key in keys.candidates(header.kid.as_deref(), alg) {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
-                Ok(data) => {
-                    let expires_at = data
-                        .claims
-                        .get("exp")
-                        .and_then(Value::as_f64)
-                        .map_or(0, |e| e.max(0.0) as u64);
-                    return Ok(Verified {
-                        identity: self.identity(data.claims, live.claim_rules.as_deref())?,
-                        expires_at,
-                    });
-                }
-                Err(e) => {
-                    last = classify(e.kind());
-                    // Only a bad signature means "try the next key"; anything else was
-                    // decided on the claims of a token that did verify.
-                    if last != AuthError::Signature {
-                        return Err(last);
-                    }
-                }
-            }
+        // The signing input: the header and payload as sent, with the dot between them.
+        let signed = &token[..head.len() + 1 + payload.len()];
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| AuthError::MalformedToken)?;
+        // Only a key that fits the algorithm and the kid is tried; none verifying is a bad
+        // signature.
+        if !keys
+            .candidates(header.kid.as_deref(), alg)
+            .any(|key| key.verify_sig(signed.as_bytes(), &signature).is_ok())
+        {
+            return Err(AuthError::Signature);
         }
-        Err(last)
+        let claims = verified_claims(payload)?;
+        registered::check(
+            &claims,
+            &registered::Expected {
+                issuer: &self.config.issuer,
+                audiences: &live.audiences,
+                leeway: self.config.leeway.as_secs_f64(),
+                now: now_secs(),
+            },
+        )?;
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map_or(0, |e| e.max(0.0) as u64);
+        Ok(Verified {
+            identity: self.identity(claims, live.claim_rules.as_deref())?,
+            expires_at,
+        })
     }
 
     fn allowed_alg(&self, name: &str) -> Result<JwtAlg, AuthError> {
@@ -320,18 +326,6 @@ impl IssuerVerifier {
         } else {
             Err(AuthError::Algorithm)
         }
-    }
-
-    fn validation(&self, alg: JwtAlg, audiences: &[String]) -> Validation {
-        let mut v = Validation::new(alg);
-        v.algorithms = vec![alg];
-        v.leeway = self.config.leeway.as_secs();
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.set_issuer(&[&self.config.issuer]);
-        v.set_audience(audiences);
-        v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        v
     }
 
     fn identity(
@@ -496,22 +490,21 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn classify(kind: &ErrorKind) -> AuthError {
-    match kind {
-        ErrorKind::InvalidSignature => AuthError::Signature,
-        ErrorKind::ExpiredSignature => AuthError::Expired,
-        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-        ErrorKind::InvalidAudience => AuthError::Audience,
-        ErrorKind::InvalidIssuer => AuthError::UnknownIssuer,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Algorithm,
-        ErrorKind::MissingRequiredClaim(c) => {
-            AuthError::Claims(format!("required claim {c:?} is missing"))
-        }
-        ErrorKind::InvalidKeyFormat | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => {
-            AuthError::Signature
-        }
-        _ => AuthError::MalformedToken,
+/// The three parts of a compact JWS: header, payload and signature, each base64url.
+fn parts(token: &str) -> Result<(&str, &str, &str), AuthError> {
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(head), Some(payload), Some(signature), None) => Ok((head, payload, signature)),
+        _ => Err(AuthError::MalformedToken),
     }
+}
+
+/// The claims of a token whose signature verified, from its payload part.
+fn verified_claims(payload: &str) -> Result<Map<String, Value>, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::MalformedToken)?;
+    serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)
 }
 
 #[derive(Deserialize)]
@@ -523,10 +516,9 @@ struct PeekHeader {
 /// The token header's `alg` and `kid`, read before verification only to choose the key.
 /// Other header fields (`jwk`, `jku`, `x5u`, `x5c`) are ignored on purpose: a token must not
 /// bring its own key.
-fn peek_header(token: &str) -> Result<PeekHeader, AuthError> {
-    let header = token.split('.').next().ok_or(AuthError::MalformedToken)?;
+fn peek_header(head: &str) -> Result<PeekHeader, AuthError> {
     let bytes = URL_SAFE_NO_PAD
-        .decode(header)
+        .decode(head)
         .map_err(|_| AuthError::MalformedToken)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)
 }
@@ -537,12 +529,7 @@ pub(super) fn unverified_issuer(token: &str) -> Result<String, AuthError> {
     struct Iss {
         iss: Option<String>,
     }
-    let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthError::MalformedToken);
-    };
+    let (_, payload, _) = parts(token)?;
     let bytes = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| AuthError::MalformedToken)?;
@@ -765,6 +752,130 @@ mod tests {
             v.identity_of(claims(serde_json::json!({"sub": 7, "sid": "x"})))
                 .is_err()
         );
+    }
+
+    /// A signing key of `alg` and its public JWK (kid "k", `alg` pinned when `pin`).
+    fn signer(alg: JwtAlg, pin: bool) -> (jsonwebtoken::EncodingKey, jsonwebtoken::jwk::Jwk) {
+        use jsonwebtoken::EncodingKey;
+        let (sig, pem_key): (&'static rcgen::SignatureAlgorithm, fn(&[u8]) -> _) = match alg {
+            JwtAlg::RS256 | JwtAlg::PS256 => (&rcgen::PKCS_RSA_SHA256, EncodingKey::from_rsa_pem),
+            JwtAlg::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, EncodingKey::from_ec_pem),
+            JwtAlg::ES384 => (&rcgen::PKCS_ECDSA_P384_SHA384, EncodingKey::from_ec_pem),
+            _ => (&rcgen::PKCS_ED25519, EncodingKey::from_ed_pem),
+        };
+        let pair = rcgen::KeyPair::generate_for(sig).unwrap();
+        let key = match alg {
+            // The library reads Ed25519 keys as PKCS#8 DER only.
+            JwtAlg::EdDSA => EncodingKey::from_ed_der(&pair.serialize_der()),
+            _ => pem_key(pair.serialize_pem().as_bytes()).unwrap(),
+        };
+        let mut jwk = match alg {
+            // The library cannot derive an Ed25519 JWK from its key; aws-lc can.
+            JwtAlg::EdDSA => {
+                use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+                let pair =
+                    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pair.serialize_der()).unwrap();
+                let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+                serde_json::from_value(
+                    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"}),
+                )
+                .unwrap()
+            }
+            _ => jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap(),
+        };
+        jwk.common.key_id = Some("k".into());
+        if !pin {
+            jwk.common.key_algorithm = None;
+        }
+        (key, jwk)
+    }
+
+    fn signed(alg: JwtAlg, key: &jsonwebtoken::EncodingKey, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some("k".into());
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_algorithm_verifies_with_its_parsed_key_and_only_its_own() {
+        use kubegate_config::Algorithm as A;
+        let now = now_secs();
+        let good = serde_json::json!({
+            "iss": "https://i", "aud": "a", "sub": "alice", "exp": now + 600.0,
+        });
+        for (alg, config_alg) in [
+            (JwtAlg::RS256, A::RS256),
+            (JwtAlg::PS256, A::PS256),
+            (JwtAlg::ES256, A::ES256),
+            (JwtAlg::ES384, A::ES384),
+            (JwtAlg::EdDSA, A::EdDSA),
+        ] {
+            let (key, jwk) = signer(alg, true);
+            let jwks = serde_json::to_vec(&serde_json::json!({ "keys": [jwk] })).unwrap();
+            let v = issuer(|c| c.algorithms = vec![config_alg]);
+            v.set_keys(KeySet::parse(&jwks, &[config_alg]).unwrap());
+            let token = signed(alg, &key, &good);
+            let verified = v
+                .verify(&token)
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(verified.identity.user, "alice", "{alg:?}");
+            assert_eq!(verified.expires_at, (now + 600.0) as u64, "{alg:?}");
+
+            // One flipped bit of the payload, and the signature no longer covers it.
+            let (head, rest) = token.split_once('.').unwrap();
+            let (payload, signature) = rest.split_once('.').unwrap();
+            let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+            bytes[2] ^= 1;
+            let tampered = format!("{head}.{}.{signature}", URL_SAFE_NO_PAD.encode(bytes));
+            assert_eq!(
+                v.verify(&tampered).await.err(),
+                Some(AuthError::Signature),
+                "{alg:?}"
+            );
+            for malformed in [format!("{token}.x"), format!("{head}.{payload}.%%")] {
+                assert_eq!(
+                    v.verify(&malformed).await.err(),
+                    Some(AuthError::MalformedToken),
+                    "{alg:?}"
+                );
+            }
+        }
+
+        // An RSA key pinned to RS256 does not verify PS256, even when the issuer allows
+        // both; unpinned, it verifies either.
+        let (key, jwk) = signer(JwtAlg::RS256, true);
+        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": [jwk.clone()] })).unwrap();
+        let v = issuer(|c| c.algorithms = vec![A::RS256, A::PS256]);
+        v.set_keys(KeySet::parse(&jwks, &[A::RS256, A::PS256]).unwrap());
+        assert!(v.verify(&signed(JwtAlg::RS256, &key, &good)).await.is_ok());
+        assert_eq!(
+            v.verify(&signed(JwtAlg::PS256, &key, &good)).await.err(),
+            Some(AuthError::Signature)
+        );
+        let mut unpinned = jwk;
+        unpinned.common.key_algorithm = None;
+        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": [unpinned] })).unwrap();
+        v.set_keys(KeySet::parse(&jwks, &[A::RS256, A::PS256]).unwrap());
+        assert!(v.verify(&signed(JwtAlg::PS256, &key, &good)).await.is_ok());
+
+        // The registered claims are checked after the signature.
+        let mut expired = good.clone();
+        expired["exp"] = serde_json::json!(now - 3600.0);
+        assert_eq!(
+            v.verify(&signed(JwtAlg::RS256, &key, &expired)).await.err(),
+            Some(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_curve_point_of_the_wrong_width_is_no_key() {
+        let (_, mut jwk) = signer(JwtAlg::ES256, true);
+        if let jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec) = &mut jwk.algorithm {
+            ec.x.truncate(ec.x.len() - 2);
+        }
+        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": [jwk] })).unwrap();
+        assert!(KeySet::parse(&jwks, &[kubegate_config::Algorithm::ES256]).is_err());
     }
 
     #[test]

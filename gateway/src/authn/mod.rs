@@ -16,6 +16,7 @@ mod jwks;
 mod jwt;
 pub mod keys;
 pub mod mapping;
+mod registered;
 pub(crate) mod websocket;
 
 use std::borrow::Cow;
