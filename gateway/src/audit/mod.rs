@@ -891,6 +891,24 @@ mod tests {
     }
 
     #[test]
+    fn audit_ids_from_many_threads_never_repeat() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..20_000).map(|_| AuditId::new()).collect::<Vec<_>>()))
+            .collect();
+        let mut seen = HashSet::new();
+        for thread in threads {
+            for id in thread.join().unwrap() {
+                assert!(
+                    seen.insert(id.as_str().to_string()),
+                    "{} repeated",
+                    id.as_str()
+                );
+            }
+        }
+        assert_eq!(seen.len(), 80_000);
+    }
+
+    #[test]
     fn audit_ids_are_v4_uuids_and_unique() {
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
