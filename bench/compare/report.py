@@ -6,7 +6,7 @@ from collections import defaultdict
 
 raw, meta = sys.argv[1], sys.argv[2]
 rows = [json.loads(l) for l in open(raw) if l.strip()]
-PATHS = ["direct", "kubectl-proxy", "nginx", "kubegate", "kubegate-nocache"]
+PATHS = ["direct", "kubectl-proxy", "nginx", "kubegate", "kubegate-nocache", "kubegate-nocache-rs256"]
 med = statistics.median
 
 cells = defaultdict(list)
@@ -199,7 +199,7 @@ if umem:
 # ------------------------------------------------------------------ each round
 def joined(rs, key, fmt):
     return " / ".join(fmt(x[key]) for x in rs)
-per_round = [("HTTP/1.1 small object", "load", c, ["nginx", "kubegate", "kubegate-nocache"]) for c in (16, 128)]
+per_round = [("HTTP/1.1 small object", "load", c, ["nginx", "kubegate", "kubegate-nocache", "kubegate-nocache-rs256"]) for c in (16, 128)]
 per_round += [(f"HTTP/2 small object, {h2streams[c]} streams per connection", "h2", c, ["nginx", "kubegate"]) for c in h2conns]
 per_round += [("many users (1 token / all tokens)", kind, c, ["kubegate", "nginx"]) for c in ucells for kind in ("users-1", "users-n")]
 if any(rounds(k, "kubegate", "small", c) for _, k, c, _ in per_round):
@@ -246,6 +246,10 @@ pair_target("p99 at 16 conns ≤ 1.5x nginx's, every round",
 for c in [16, 128]:
     pair_target(f"token cache off ≥ 0.6x nginx (small object, {c} conns)",
                 agg("load", "kubegate-nocache", "small", c), agg("load", "nginx", "small", c),
+                lambda g, n: g["rps"] >= 0.6 * n["rps"], rps_vs("nginx"))
+for c in [16, 128]:
+    pair_target(f"token cache off, RS256 token ≥ 0.6x nginx (small object, {c} conns)",
+                agg("load", "kubegate-nocache-rs256", "small", c), agg("load", "nginx", "small", c),
                 lambda g, n: g["rps"] >= 0.6 * n["rps"], rps_vs("nginx"))
 kp = watches.get("kubectl-proxy")
 pair_target("< 20 KB per idle watch (one client connection each)", watches.get("kubegate"), True,

@@ -15,6 +15,7 @@
 #   nginx             wrk -> nginx TLS reverse proxy, no auth -> upstream (TLS, keepalive)
 #   kubegate          wrk -> kubegate (TLS, ES256 JWT, token cache 60s, 1,000-rule policy, audit file) -> upstream
 #   kubegate-nocache  the same with token_cache_ttl = "0s" (a signature check per request)
+#   kubegate-nocache-rs256  the same, the token signed RS256 (what the key type costs)
 # then, in order:
 #   HTTP/2 the way kubectl talks: h2load (1 thread, -c 16 -m 10 and -c 128 -m 10, TLS, ALPN h2)
 #     against kubegate and against nginx as an h2 TLS reverse proxy (a second server block of
@@ -92,7 +93,7 @@ for s in held:
 PY
 }
 read -r P_UP P_PX P_PXH P_KG P_KGN P_KP P_WATCH A_KG A_KGN P_KGW A_KGW P_KPW P_KGU A_KGU P_KGUN A_KGUN \
-  <<<"$(free_ports 16)"
+  P_KGNR A_KGNR <<<"$(free_ports 18)"
 echo "ports: upstream $P_UP, nginx $P_PX (h2 $P_PXH), kubegate $P_KG, no cache $P_KGN, kubectl proxy $P_KP"
 
 # ---------------------------------------------------------------- tools
@@ -286,7 +287,7 @@ issuer = "$ISSUER"
 audiences = ["kubegate"]
 jwks_file = "jwks.json"
 groups_claim = "groups"
-algorithms = ["ES256"]
+algorithms = ["ES256", "RS256"]
 [auth]
 token_cache_ttl = "$4"
 token_cache_size = $TOKEN_CACHE_SIZE
@@ -313,12 +314,14 @@ TOML
 }
 kg_config kubegate $P_KG $A_KG 60s
 kg_config kubegate-nocache $P_KGN $A_KGN 0s
+kg_config kubegate-nocache-rs256 $P_KGNR $A_KGNR 0s
 kg_config kubegate-watch $P_KGW $A_KGW 60s
 kg_config users-mem $P_KGU $A_KGU 60s
 kg_config users-mem-nocache $P_KGUN $A_KGUN 0s
 sed -i 's/^kubeconfig = "upstream.kubeconfig"/kubeconfig = "watch.kubeconfig"/' "$W/kubegate-watch.toml"
 "$KG" serve --config "$W/kubegate.toml" > "$W/kubegate.log" 2>&1 & PID_KG=$!; PIDS+=("$PID_KG")
 "$KG" serve --config "$W/kubegate-nocache.toml" > "$W/kubegate-nocache.log" 2>&1 & PID_KGN=$!; PIDS+=("$PID_KGN")
+"$KG" serve --config "$W/kubegate-nocache-rs256.toml" > "$W/kubegate-nocache-rs256.log" 2>&1 & PID_KGNR=$!; PIDS+=("$PID_KGNR")
 "$KG" serve --config "$W/kubegate-watch.toml" > "$W/kubegate-watch.log" 2>&1 & PID_KGW=$!; PIDS+=("$PID_KGW")
 # Two more, only for the memory per user (see "many users").
 "$KG" serve --config "$W/users-mem.toml" > "$W/users-mem.log" 2>&1 & PID_KGU=$!; PIDS+=("$PID_KGU")
@@ -338,18 +341,22 @@ wait_http "https://127.0.0.1:$P_PXH/readyz" --cacert "$W/ca.crt" --http2
 wait_http "http://127.0.0.1:$P_KP/version"
 wait_http "http://127.0.0.1:$A_KG/readyz"
 wait_http "http://127.0.0.1:$A_KGN/readyz"
+wait_http "http://127.0.0.1:$A_KGNR/readyz"
 wait_http "http://127.0.0.1:$A_KGW/readyz"
 wait_http "http://127.0.0.1:$A_KGU/readyz"
 wait_http "http://127.0.0.1:$A_KGUN/readyz"
 wait_http "http://127.0.0.1:$P_KPW/version"
 
 declare -A URL PIDOF
-PATHS=(direct kubectl-proxy nginx kubegate kubegate-nocache)
+PATHS=(direct kubectl-proxy nginx kubegate kubegate-nocache kubegate-nocache-rs256)
 URL[direct]=https://127.0.0.1:$P_UP;        PIDOF[direct]=$PID_UP
 URL[kubectl-proxy]=http://127.0.0.1:$P_KP;  PIDOF[kubectl-proxy]=$PID_KP
 URL[nginx]=https://127.0.0.1:$P_PX;         PIDOF[nginx]=$PID_PX
 URL[kubegate]=https://127.0.0.1:$P_KG;      PIDOF[kubegate]=$PID_KG
 URL[kubegate-nocache]=https://127.0.0.1:$P_KGN; PIDOF[kubegate-nocache]=$PID_KGN
+URL[kubegate-nocache-rs256]=https://127.0.0.1:$P_KGNR; PIDOF[kubegate-nocache-rs256]=$PID_KGNR
+# The bearer token each path is sent: the ES256 one, but where a path says otherwise.
+declare -A TOKENOF=([kubegate-nocache-rs256]=$(cat "$W/token-rs256"))
 URL[users-mem]=https://127.0.0.1:$P_KGU;    PIDOF[users-mem]=$PID_KGU
 URL[users-mem-nocache]=https://127.0.0.1:$P_KGUN; PIDOF[users-mem-nocache]=$PID_KGUN
 declare -A OBJ
@@ -361,7 +368,7 @@ declare -A FILE=([small]=pod.json [large]=configmap.json [list]=podlist.json)
 # Every path must return the upstream's exact bytes as application/json.
 for p in "${PATHS[@]}"; do
   for o in small large list; do
-    ct=$(curl -fsS -k -H "Authorization: Bearer $TOKEN" -o "$W/check.json" -w '%{content_type}' "${URL[$p]}${OBJ[$o]}")
+    ct=$(curl -fsS -k -H "Authorization: Bearer ${TOKENOF[$p]:-$TOKEN}" -o "$W/check.json" -w '%{content_type}' "${URL[$p]}${OBJ[$o]}")
     cmp -s "$W/check.json" "$W/data/${FILE[$o]}" || { echo "$p $o: body differs" >&2; exit 1; }
     [[ $ct == application/json* ]] || { echo "$p $o: content type $ct" >&2; exit 1; }
   done
@@ -402,7 +409,7 @@ run_wrk() { # kind path object conns duration round [extra wrk args]
   if [[ -n ${WRK_TOKENS:-} ]]; then script=(-s "$HERE/users.lua"); tokens=(-- "$WRK_TOKENS" "${WRK_START:-0}"); fi
   c0=$(cpu_ticks "$pid")
   out=$(wrk -t1 -c"$c" -d"${d}s" --timeout 10s --latency "${script[@]}" \
-    -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json' "$@" "${URL[$p]}${OBJ[$o]}" "${tokens[@]}")
+    -H "Authorization: Bearer ${TOKENOF[$p]:-$TOKEN}" -H 'Accept: application/json' "$@" "${URL[$p]}${OBJ[$o]}" "${tokens[@]}")
   c1=$(cpu_ticks "$pid")
   line=$(grep '^WRKJSON' <<<"$out" | sed 's/^WRKJSON //')
   LAST=$line
