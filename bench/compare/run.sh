@@ -38,7 +38,9 @@
 # build), BENCH_WORK (scratch dir, default a new mktemp -d), SETUP_ONLY=1 (start every path,
 # print the URLs and wait: for profiling by hand), KUBEGATE_LOG (the gateways' log filter,
 # default warn: no per-request log line, as nginx here runs with access_log off; the audit
-# file still records every request. KUBEGATE_LOG=info measures with the access line).
+# file still records every request. KUBEGATE_LOG=info measures with the access line),
+# KUBEGATE_GLIBC_TUNABLES (the gateways' GLIBC_TUNABLES, default the image's
+# glibc.malloc.tcache_count=64; empty measures glibc's defaults).
 # The defaults take about 10 minutes on 2 cores (the report's meta lines say how long).
 # Short trial run (about 3 minutes; do not keep its results files):
 #   DURATION=2 ROUNDS=1 WARMUP=1 WATCHES=500 STREAM_BYTES=100000000 bash bench/compare/run.sh
@@ -111,6 +113,10 @@ KUBECTL=${KUBECTL:-/usr/bin/kubectl}
 if [[ -z ${KUBEGATE_BIN:-} ]]; then cargo build --release -p kubegate --bin kubegate; fi
 KG=${KUBEGATE_BIN:-$ROOT/target/release/kubegate}
 export KUBEGATE_LOG=${KUBEGATE_LOG:-warn}
+# The gateways run as the image runs them (Dockerfile); nothing else gets the tunable.
+KUBEGATE_GLIBC_TUNABLES=${KUBEGATE_GLIBC_TUNABLES-glibc.malloc.tcache_count=64}
+# env execs the gateway, so $! is the gateway's own pid.
+KGRUN=(env "GLIBC_TUNABLES=$KUBEGATE_GLIBC_TUNABLES" "$KG")
 
 PIDS=()
 cleanup() {
@@ -319,13 +325,13 @@ kg_config kubegate-watch $P_KGW $A_KGW 60s
 kg_config users-mem $P_KGU $A_KGU 60s
 kg_config users-mem-nocache $P_KGUN $A_KGUN 0s
 sed -i 's/^kubeconfig = "upstream.kubeconfig"/kubeconfig = "watch.kubeconfig"/' "$W/kubegate-watch.toml"
-"$KG" serve --config "$W/kubegate.toml" > "$W/kubegate.log" 2>&1 & PID_KG=$!; PIDS+=("$PID_KG")
-"$KG" serve --config "$W/kubegate-nocache.toml" > "$W/kubegate-nocache.log" 2>&1 & PID_KGN=$!; PIDS+=("$PID_KGN")
-"$KG" serve --config "$W/kubegate-nocache-rs256.toml" > "$W/kubegate-nocache-rs256.log" 2>&1 & PID_KGNR=$!; PIDS+=("$PID_KGNR")
-"$KG" serve --config "$W/kubegate-watch.toml" > "$W/kubegate-watch.log" 2>&1 & PID_KGW=$!; PIDS+=("$PID_KGW")
+"${KGRUN[@]}" serve --config "$W/kubegate.toml" > "$W/kubegate.log" 2>&1 & PID_KG=$!; PIDS+=("$PID_KG")
+"${KGRUN[@]}" serve --config "$W/kubegate-nocache.toml" > "$W/kubegate-nocache.log" 2>&1 & PID_KGN=$!; PIDS+=("$PID_KGN")
+"${KGRUN[@]}" serve --config "$W/kubegate-nocache-rs256.toml" > "$W/kubegate-nocache-rs256.log" 2>&1 & PID_KGNR=$!; PIDS+=("$PID_KGNR")
+"${KGRUN[@]}" serve --config "$W/kubegate-watch.toml" > "$W/kubegate-watch.log" 2>&1 & PID_KGW=$!; PIDS+=("$PID_KGW")
 # Two more, only for the memory per user (see "many users").
-"$KG" serve --config "$W/users-mem.toml" > "$W/users-mem.log" 2>&1 & PID_KGU=$!; PIDS+=("$PID_KGU")
-"$KG" serve --config "$W/users-mem-nocache.toml" > "$W/users-mem-nocache.log" 2>&1 & PID_KGUN=$!; PIDS+=("$PID_KGUN")
+"${KGRUN[@]}" serve --config "$W/users-mem.toml" > "$W/users-mem.log" 2>&1 & PID_KGU=$!; PIDS+=("$PID_KGU")
+"${KGRUN[@]}" serve --config "$W/users-mem-nocache.toml" > "$W/users-mem-nocache.log" 2>&1 & PID_KGUN=$!; PIDS+=("$PID_KGUN")
 
 wait_http() { # url [curl args...]
   local url=$1; shift
@@ -539,7 +545,7 @@ audit_lines=$(cat "$W"/kubegate-audit.log* | wc -l)
 # ---------------------------------------------------------------- report
 {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")"
-  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile, binary $KG, KUBEGATE_LOG=$KUBEGATE_LOG"
+  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile, binary $KG, KUBEGATE_LOG=$KUBEGATE_LOG, GLIBC_TUNABLES=${KUBEGATE_GLIBC_TUNABLES:-(glibc defaults)}"
   echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
   echo "wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
   echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
