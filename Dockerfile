@@ -17,7 +17,7 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/kubegate /usr/local/bin/kubegate
 # glibc keeps 7 freed chunks per size in each thread's cache. A request frees dozens of
 # small ones, and the overflow costs more: 8.8% of a cached request's instructions at 1000,
-# 6.6% at 64 (docs/benchmarks.md). 64 per size bounds what a thread may hold to about 2 MB.
+# 6.6% at 64 (docs/benchmarks.md). 64 per size bounds a thread's cache to about 2 MB (64 sizes up to 1,032 bytes).
 ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=64
 USER 65532:65532
 EXPOSE 8443 9090

@@ -72,9 +72,9 @@ fn seed() -> ([u64; 2], u64) {
         tracing::error!(
             "the system random generator failed; audit IDs fall back to clock and counter"
         );
-        let fallback = fallback_bytes();
-        bytes[..16].copy_from_slice(&fallback);
-        bytes[16..].copy_from_slice(&fallback[8..]);
+        // Two draws: the counter in them makes the keys and the start differ.
+        bytes[..16].copy_from_slice(&fallback_bytes());
+        bytes[16..].copy_from_slice(&fallback_bytes()[8..]);
     }
     let word = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().unwrap_or_default());
     ([word(0), word(8)], word(16))

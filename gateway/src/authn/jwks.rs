@@ -2,8 +2,8 @@
 //!
 //! Each key is parsed once, when the document arrives, into one aws-lc-rs
 //! [`ParsedPublicKey`] per algorithm it may verify. The JWT library rebuilt the key from
-//! its JWK components on every verification (and cloned them), which was a third of a
-//! cache miss's cost.
+//! its JWK components on every verification (and cloned them): with the second parse of
+//! the claims, a third of an RS256 cache miss.
 
 use std::collections::HashMap;
 

@@ -297,7 +297,8 @@ impl IssuerVerifier {
         {
             return Err(AuthError::Signature);
         }
-        let claims = verified_claims(payload)?;
+        // The claims of a token whose signature verified.
+        let claims: Map<String, Value> = json_part(payload)?;
         registered::check(
             &claims,
             &registered::Expected {
@@ -499,10 +500,10 @@ fn parts(token: &str) -> Result<(&str, &str, &str), AuthError> {
     }
 }
 
-/// The claims of a token whose signature verified, from its payload part.
-fn verified_claims(payload: &str) -> Result<Map<String, Value>, AuthError> {
+/// One base64url part of a token, read as JSON.
+fn json_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
     let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
+        .decode(part)
         .map_err(|_| AuthError::MalformedToken)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)
 }
@@ -517,10 +518,7 @@ struct PeekHeader {
 /// Other header fields (`jwk`, `jku`, `x5u`, `x5c`) are ignored on purpose: a token must not
 /// bring its own key.
 fn peek_header(head: &str) -> Result<PeekHeader, AuthError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(head)
-        .map_err(|_| AuthError::MalformedToken)?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)
+    json_part(head)
 }
 
 /// The `iss` claim, read unverified only to choose which issuer verifies the token.
@@ -530,10 +528,7 @@ pub(super) fn unverified_issuer(token: &str) -> Result<String, AuthError> {
         iss: Option<String>,
     }
     let (_, payload, _) = parts(token)?;
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| AuthError::MalformedToken)?;
-    let iss: Iss = serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)?;
+    let iss: Iss = json_part(payload)?;
     iss.iss
         .ok_or_else(|| AuthError::Claims("claim \"iss\" is missing".into()))
 }

@@ -184,15 +184,6 @@ impl Provider {
         })
     }
 
-    /// Asks the authorization endpoint for `url` once, without following redirects, before
-    /// a person is sent there. Why: a provider that does not know the client id, or whose
-    /// client does not allow `redirect`, must not redirect (RFC 6749 4.1.2.1) and shows an
-    /// error page instead, so the loopback listener would hear nothing until the
-    /// authentication timeout. A 4xx or 5xx answer, or a redirect to `redirect` that
-    /// carries an OAuth `error`, ends the sign-in now with a specific error. The probe
-    /// carries nothing the browser would not (state, nonce and the PKCE challenge are public
-    /// parts of the request); the provider may start a login session for it, which is
-    /// abandoned. Any other answer (a login page, a redirect to one) lets the sign-in go on.
     /// The authorization request of a sign-in answered at `redirect` (PKCE S256, a fresh
     /// state and nonce, `scopes` besides `openid`, which openidconnect always sends),
     /// probed before it is returned: a wrong client id or a redirect URI the client does
@@ -223,6 +214,15 @@ impl Provider {
         })
     }
 
+    /// Asks the authorization endpoint for `url` once, without following redirects, before
+    /// a person is sent there. Why: a provider that does not know the client id, or whose
+    /// client does not allow `redirect`, must not redirect (RFC 6749 4.1.2.1) and shows an
+    /// error page instead, so the loopback listener would hear nothing until the
+    /// authentication timeout. A 4xx or 5xx answer, or a redirect to `redirect` that
+    /// carries an OAuth `error`, ends the sign-in now with a specific error. The probe
+    /// carries nothing the browser would not (state, nonce and the PKCE challenge are public
+    /// parts of the request); the provider may start a login session for it, which is
+    /// abandoned. Any other answer (a login page, a redirect to one) lets the sign-in go on.
     async fn probe_authorization(&self, url: &url::Url, redirect: &str) -> Result<(), LoginError> {
         let response =
             self.http
