@@ -31,6 +31,9 @@ import { join } from 'node:path';
 import puppeteer from 'puppeteer-core';
 
 console.log = console.error;
+// Its stderr is kubectl's, a terminal under `script`, gone once kubectl exits (which may be
+// before the last screenshot): a write there must not end the run.
+process.stderr.on('error', () => {});
 const start = process.argv[2];
 const user = process.env.KUBEGATE_TEST_USER ?? 'alice';
 const password = process.env.KUBEGATE_TEST_PASSWORD ?? `${user}-password`;

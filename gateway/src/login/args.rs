@@ -147,6 +147,24 @@ impl SignInArgs {
         }
         Ok(self.listen_address.clone())
     }
+
+    /// Sign-in flags parsed as the command line would parse them. The test process's
+    /// own `$BROWSER` does not decide: without `--browser-command` there is none.
+    #[cfg(test)]
+    pub fn parse_for_test(flags: &[&str]) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sign_in: SignInArgs,
+        }
+        let mut args =
+            Cli::parse_from(std::iter::once("kubegate").chain(flags.iter().copied())).sign_in;
+        if !flags.iter().any(|a| a.starts_with("--browser-command")) {
+            args.browser_command = None;
+        }
+        args
+    }
 }
 
 /// `kubegate get-token`.

@@ -189,25 +189,6 @@ pub async fn get_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        sign_in: SignInArgs,
-    }
-
-    fn sign_in(extra: &[&str]) -> SignInArgs {
-        let mut argv = vec!["t"];
-        argv.extend(extra);
-        let mut args = Cli::parse_from(argv).sign_in;
-        // The test process's own $BROWSER must not decide.
-        if !extra.iter().any(|a| a.starts_with("--browser-command")) {
-            args.browser_command = None;
-        }
-        args
-    }
-
     #[test]
     fn auto_picks_the_device_flow_without_a_local_browser() {
         let desktop = Environment {
@@ -220,7 +201,7 @@ mod tests {
             ..Environment::default()
         };
         let headless = Environment::default();
-        let auto = sign_in(&[]);
+        let auto = SignInArgs::parse_for_test(&[]);
         assert_eq!(
             resolve_grant(GrantType::Auto, &desktop, &auto),
             GrantType::Authcode
@@ -233,7 +214,7 @@ mod tests {
             resolve_grant(GrantType::Auto, &headless, &auto),
             GrantType::DeviceCode
         );
-        let named = sign_in(&["--browser-command", "/bin/true"]);
+        let named = SignInArgs::parse_for_test(&["--browser-command", "/bin/true"]);
         assert_eq!(
             resolve_grant(GrantType::Auto, &ssh, &named),
             GrantType::Authcode
@@ -246,12 +227,18 @@ mod tests {
 
     #[test]
     fn listen_addresses_are_loopback_only() {
-        assert_eq!(sign_in(&[]).listen_addresses().unwrap().len(), 3);
-        let err = sign_in(&["--listen-address", "0.0.0.0:8000"])
+        assert_eq!(
+            SignInArgs::parse_for_test(&[])
+                .listen_addresses()
+                .unwrap()
+                .len(),
+            3
+        );
+        let err = SignInArgs::parse_for_test(&["--listen-address", "0.0.0.0:8000"])
             .listen_addresses()
             .unwrap_err();
         assert!(err.to_string().contains("not a loopback"), "{err}");
-        let ok = sign_in(&[
+        let ok = SignInArgs::parse_for_test(&[
             "--listen-address",
             "127.0.0.1:9",
             "--listen-address",
