@@ -45,6 +45,8 @@
 # Short trial run (about 3 minutes; do not keep its results files):
 #   DURATION=2 ROUNDS=1 WARMUP=1 WATCHES=500 STREAM_BYTES=100000000 bash bench/compare/run.sh
 # Results: bench/compare/results/<timestamp>.md (+ .jsonl raw data).
+# The latency tail, suspect by suspect (per-request logs, per-thread CPU and wake-ups):
+#   bash bench/compare/tail.sh   (it starts this script with SETUP_ONLY=1)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
