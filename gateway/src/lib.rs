@@ -15,7 +15,8 @@
 //!   `logout` and `kubeconfig` (it runs on the user's machine, not in the gateway);
 //! - [`ops`]: what operators touch: health and metrics, reloads, logs, shutdown;
 //! - [`app`]: start-up from a validated configuration; [`error`]: the one place failures
-//!   become responses; [`dev`] (feature `dev`): the zero-setup dev mode.
+//!   become responses; [`ip_text`]: the peer's address as text, on every request;
+//!   [`dev`] (feature `dev`): the zero-setup dev mode.
 
 pub mod app;
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod authn;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
+pub mod ip_text;
 pub mod listener;
 pub mod login;
 pub mod ops;

@@ -21,6 +21,7 @@ use kubegate_policy::{ForwardIdentity, RequestAttributes};
 
 use crate::audit::{AuditId, Event, ObjectRef, Stage};
 use crate::authn::Identity;
+use crate::ip_text::IpText;
 
 /// Longest `userAgent` kept, in bytes: the API server's own bound for its audit events
 /// (k8s.io/apiserver `maxUserAgentLength`). Real clients send well under 200.
@@ -129,7 +130,11 @@ pub fn event(
         verb,
         user: identity.cloned(),
         impersonated_user: forwarded.cloned(),
-        source_ips: facts.source_ip.iter().map(ToString::to_string).collect(),
+        source_ips: facts
+            .source_ip
+            .iter()
+            .map(|ip| IpText::new(*ip).as_str().to_owned())
+            .collect(),
         user_agent,
         object_ref,
         response_code: code,

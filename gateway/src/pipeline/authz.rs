@@ -112,7 +112,7 @@ impl PolicyStore {
     ) -> Result<Arc<ForwardIdentity>, GatewayError> {
         let decision = decided.insert(self.snapshot().decide(identity, attributes));
         match (&decision.forward_as, decision.allowed) {
-            (Some(forward_as), true) => Ok(Arc::new(forward_as.clone())),
+            (Some(forward_as), true) => Ok(forward_as.clone()),
             _ => Err(GatewayError::Forbidden {
                 message: forbidden_message(identity, attributes, decision),
             }),

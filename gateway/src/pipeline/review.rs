@@ -194,7 +194,7 @@ impl Gateway {
                 outcome.decision = Some(Decision {
                     allowed: true,
                     rule: Some(BUILT_IN_RULE.to_string()),
-                    forward_as: Some(forward.clone()),
+                    forward_as: Some(Arc::new(forward.clone())),
                 });
                 Ok(forward)
             }
@@ -234,7 +234,7 @@ impl Gateway {
             body: spec.review(json!({})),
             forward,
         };
-        outcome.forwarded = Some(Arc::new(forward.clone()));
+        outcome.forwarded = Some(forward.clone());
         let upstream = match ask.ask(question, outcome).await? {
             Answer::Status(upstream) => upstream,
             Answer::Refused(response) => return Ok(response),
@@ -886,7 +886,7 @@ impl Narrowing<'_> {
             for name in &rule.names {
                 let named = RequestAttributes::Resource(self.attributes(&cell, name));
                 let decision = self.policy.decide(self.identity, &named);
-                if decision.allowed && decision.forward_as.as_ref() == Some(self.forward) {
+                if decision.allowed && decision.forward_as.as_deref() == Some(self.forward) {
                     listing.keep(&cell, vec![name.clone()]);
                 }
             }
@@ -917,7 +917,7 @@ impl Narrowing<'_> {
                     path: url.clone(),
                 });
                 let decision = self.policy.decide(self.identity, &attributes);
-                if decision.allowed && decision.forward_as.as_ref() == Some(self.forward) {
+                if decision.allowed && decision.forward_as.as_deref() == Some(self.forward) {
                     let kept = listing.non_resources.entry(url.clone()).or_default();
                     if !kept.contains(verb) {
                         kept.push(verb.clone());

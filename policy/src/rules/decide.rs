@@ -12,6 +12,7 @@
 //! keeps the first-allow-wins semantics exact.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::path::normalize_path;
 use crate::request::{RequestAttributes, ResourceAttributes};
@@ -135,8 +136,9 @@ pub struct Decision {
     /// The deciding rule: the first matching deny rule, else the first
     /// matching allow rule; `None` when nothing matched (default deny).
     pub rule: Option<String>,
-    /// Who to forward as (rendered); `Some` exactly when allowed.
-    pub forward_as: Option<ForwardIdentity>,
+    /// Who to forward as (rendered); `Some` exactly when allowed. Shared, because the
+    /// request, its audit record and its log line all keep it.
+    pub forward_as: Option<Arc<ForwardIdentity>>,
 }
 
 impl Decision {
@@ -246,7 +248,7 @@ pub(crate) fn decide(
         Some((i, fwd)) => Decision {
             allowed: true,
             rule: Some(rules[i as usize].name.clone()),
-            forward_as: Some(fwd),
+            forward_as: Some(Arc::new(fwd)),
         },
         None => Decision::no_rule(),
     }

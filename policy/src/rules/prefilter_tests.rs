@@ -44,7 +44,7 @@ fn reference(rules: &[Rule], s: &Subject, attrs: &RequestAttributes) -> Decision
         Some((name, f)) => Decision {
             allowed: true,
             rule: Some(name),
-            forward_as: Some(f),
+            forward_as: Some(std::sync::Arc::new(f)),
         },
         None => Decision {
             allowed: false,

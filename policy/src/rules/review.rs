@@ -57,7 +57,8 @@ impl Policy {
             ..attrs.clone()
         };
         let decision = self.decide(subject, &RequestAttributes::Resource(unnamed.clone()));
-        let forward = decision.forward_as.filter(|_| decision.allowed)?;
+        let forward =
+            std::sync::Arc::unwrap_or_clone(decision.forward_as.filter(|_| decision.allowed)?);
         let deciding = decision.rule.as_deref();
         let bit = verb_bit(&unnamed.verb);
         for rule in &self.rules {

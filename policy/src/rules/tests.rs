@@ -170,7 +170,7 @@ fn decisions() {
     let mut alice2 = alice.clone();
     alice2.uid = Some("u1".into());
     let d = p.decide(&alice2, &attrs("GET /api/v1/namespaces/dev/pods"));
-    assert_eq!(d.forward_as, Some(ForwardIdentity::of(&alice2)));
+    assert_eq!(d.forward_as.as_deref(), Some(&ForwardIdentity::of(&alice2)));
     let d = p.decide(&alice2, &attrs("GET /api/v1/namespaces/prod/pods"));
     assert_eq!(
         d,
