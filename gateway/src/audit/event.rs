@@ -14,6 +14,8 @@ use serde::{Serialize, Serializer};
 
 use crate::authn::Identity;
 
+mod line;
+
 /// A request's audit ID: a random (version 4) UUID in lowercase hex,
 /// `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -327,19 +329,19 @@ impl Event {
 
     /// The event as one JSON object followed by `\n`.
     #[cfg(test)]
-    pub(super) fn to_line(&self) -> serde_json::Result<Vec<u8>> {
+    pub(super) fn to_line(&self) -> Vec<u8> {
         self.line(false)
     }
 
     /// [`to_line`](Self::to_line), leaving out who made the request when
     /// `omit_user_info` (`[audit] omit_user_info`).
-    pub(super) fn line(&self, omit_user_info: bool) -> serde_json::Result<Vec<u8>> {
+    pub(super) fn line(&self, omit_user_info: bool) -> Vec<u8> {
         // Sized for a typical line, so it is written without the three reallocations and
         // copies of growing from serde_json's 128 bytes.
         let mut line = Vec::with_capacity(LINE_CAPACITY);
-        serde_json::to_writer(&mut line, &self.wire(omit_user_info))?;
+        self.wire(omit_user_info).write_json(&mut line);
         line.push(b'\n');
-        Ok(line)
+        line
     }
 }
 

@@ -254,15 +254,7 @@ impl AuditLog {
     /// it from a task that runs to completion.
     pub async fn record(&self, event: &Event) {
         let inner = &*self.inner;
-        let line = match event.line(inner.omit_user_info) {
-            Ok(line) => Bytes::from(line),
-            Err(e) => {
-                inner.counts.lost.fetch_add(1, Ordering::AcqRel);
-                counter!(RECORDS_LOST).increment(1);
-                tracing::error!(audit_id = %event.audit_id, error = %e, "audit record lost: it cannot be serialized");
-                return;
-            }
-        };
+        let line = Bytes::from(event.line(inner.omit_user_info));
         let mut pending = PendingRecord::new(&inner.counts, &event.audit_id);
         if inner.closing.load(Ordering::Acquire) {
             pending.reason = CLOSED;
@@ -735,7 +727,7 @@ mod tests {
 
     #[test]
     fn a_full_event_has_the_api_servers_shape() {
-        let line = full_event().to_line().unwrap();
+        let line = full_event().to_line();
         let text = std::str::from_utf8(&line).unwrap();
         assert!(text.ends_with("}\n") && text.matches('\n').count() == 1);
         assert!(text.starts_with(
@@ -773,7 +765,7 @@ mod tests {
     #[test]
     fn empty_fields_are_omitted() {
         let event = minimal_event();
-        let value: Value = serde_json::from_slice(&event.to_line().unwrap()).unwrap();
+        let value: Value = serde_json::from_slice(&event.to_line()).unwrap();
         assert_eq!(
             value,
             json!({
@@ -979,7 +971,7 @@ mod tests {
     async fn rotation_never_splits_a_line_and_keeps_every_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let line_len = numbered(0).to_line().unwrap().len() as u64;
+        let line_len = numbered(0).to_line().len() as u64;
         let max = line_len * 3 + line_len / 2;
         let log = AuditLog::start(Audit {
             max_file_size: max,
@@ -1025,7 +1017,7 @@ mod tests {
     async fn rotation_deletes_the_oldest_backup() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let line_len = numbered(0).to_line().unwrap().len() as u64;
+        let line_len = numbered(0).to_line().len() as u64;
         let log = AuditLog::start(Audit {
             max_file_size: line_len * 2,
             max_backups: 2,
@@ -1299,7 +1291,7 @@ mod tests {
         assert_eq!(records[0]["auditID"], full_event().audit_id.as_str());
         assert_eq!(records[0]["annotations"]["kubegate.io/rule"], "devs-read");
         // Without the option the same event names them.
-        let plain = String::from_utf8(full_event().to_line().unwrap()).unwrap();
+        let plain = String::from_utf8(full_event().to_line()).unwrap();
         assert!(plain.contains("\"username\":\"alice\""), "{plain}");
         assert!(plain.contains("impersonatedUser"), "{plain}");
     }

@@ -547,7 +547,7 @@ mod tests {
             s.admit(key.clone(), &event, t0);
         }
         let due = s.drain(t0 + W);
-        let line = due[0].event.to_line().unwrap();
+        let line = due[0].event.to_line();
         assert!(
             line.len() <= crate::audit::record::MAX_RECORD_WITHOUT_IDENTITY,
             "{} bytes",
