@@ -257,7 +257,9 @@ mod tests {
         fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
             let ok = key.name() == REQUESTS
-                && key.labels().any(|l| l.key() == "code" && l.value() == "200");
+                && key
+                    .labels()
+                    .any(|l| l.key() == "code" && l.value() == "200");
             if ok {
                 Counter::from_arc(self.0.clone())
             } else {
