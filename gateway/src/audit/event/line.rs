@@ -1,8 +1,8 @@
 //! The audit line written by hand: the event's wire form as one JSON object, byte for byte
 //! what serde_json writes for [`WireEvent`], without its byte-by-byte string escaping. Every
 //! request writes a line on its own thread, and that escaping was the largest single cost
-//! of a cached request. The `Serialize` form stays for the webhook's batches and is the
-//! reference the tests hold this writer to.
+//! of a cached request. The webhook sends these same lines. The `Serialize` form stays as
+//! the event's serde form and is the reference the tests hold this writer to.
 
 use std::io::Write;
 
