@@ -356,16 +356,25 @@ pub(super) struct Timestamp(pub(super) SystemTime);
 
 impl Timestamp {
     /// The fields of the timestamp: (year, month, day, hour, minute, second, microsecond).
-    fn fields(&self) -> (i64, u32, u32, i128, i128, i128, i128) {
-        let nanos: i128 = match self.0.duration_since(UNIX_EPOCH) {
-            Ok(after) => after.as_nanos() as i128,
-            Err(before) => -(before.duration().as_nanos() as i128),
+    fn fields(&self) -> (i64, u32, u32, i64, i64, i64, i64) {
+        let (secs, frac) = match self.0.duration_since(UNIX_EPOCH) {
+            // Every real clock reading: 64-bit arithmetic only (two timestamps on every
+            // audit line; 128-bit division cost more than the rest of the rendering).
+            Ok(after) => (
+                i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+                i64::from(after.subsec_micros()),
+            ),
+            // Before 1970: floored to the microsecond, like the API server's `MicroTime`.
+            Err(before) => {
+                let micros = (-(before.duration().as_nanos() as i128)).div_euclid(1_000);
+                (
+                    i64::try_from(micros.div_euclid(1_000_000)).unwrap_or(i64::MIN),
+                    micros.rem_euclid(1_000_000) as i64,
+                )
+            }
         };
-        let micros = nanos.div_euclid(1_000);
-        let secs = micros.div_euclid(1_000_000);
-        let frac = micros.rem_euclid(1_000_000);
         let day_secs = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400) as i64);
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
         let (hour, minute, second) = (day_secs / 3_600, day_secs % 3_600 / 60, day_secs % 60);
         (year, month, day, hour, minute, second, frac)
     }
@@ -447,6 +456,48 @@ mod tests {
     fn by_formatter(t: &Timestamp) -> String {
         let (year, month, day, hour, minute, second, frac) = t.fields();
         format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{frac:06}Z")
+    }
+
+    /// The fields as the exact 128-bit arithmetic gives them, floored to the microsecond.
+    fn exact_fields(t: SystemTime) -> (i64, u32, u32, i64, i64, i64, i64) {
+        let nanos: i128 = match t.duration_since(UNIX_EPOCH) {
+            Ok(after) => after.as_nanos() as i128,
+            Err(before) => -(before.duration().as_nanos() as i128),
+        };
+        let micros = nanos.div_euclid(1_000);
+        let secs = micros.div_euclid(1_000_000);
+        let day_secs = secs.rem_euclid(86_400) as i64;
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400) as i64);
+        let frac = micros.rem_euclid(1_000_000) as i64;
+        (
+            year,
+            month,
+            day,
+            day_secs / 3_600,
+            day_secs % 3_600 / 60,
+            day_secs % 60,
+            frac,
+        )
+    }
+
+    #[test]
+    fn the_fields_agree_with_exact_arithmetic_on_both_sides_of_the_epoch() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let offset = Duration::new(x % 400_000_000_000, (x >> 20) as u32 % 1_000_000_000);
+            let small = Duration::new(0, i % 3_000);
+            for t in [
+                UNIX_EPOCH + offset,
+                UNIX_EPOCH - offset,
+                UNIX_EPOCH + small,
+                UNIX_EPOCH - small,
+            ] {
+                assert_eq!(Timestamp(t).fields(), exact_fields(t), "{t:?}");
+            }
+        }
     }
 
     #[test]
