@@ -4,9 +4,9 @@
 #   bash bench/compare/run.sh
 #
 # One command: installs what it lacks (nginx-light, wrk, h2load from nghttp2-client, curl,
-# pyjwt/cryptography/h2), builds the release binary, picks free ports (each one bound-tested
-# at start, below the kernel's ephemeral range, so a running gateway or a second copy of
-# this script does not collide), runs everything on 127.0.0.1 and stops it all at the end.
+# pyjwt/cryptography/h2), builds the dist binary (the image's profile), picks free ports
+# (each one bound-tested at start, below the kernel's ephemeral range, so a running
+# gateway or a second copy of this script does not collide), runs everything on 127.0.0.1 and stops it all at the end.
 #
 # One nginx TLS upstream serving API-shaped JSON from memory; five paths to it, measured in
 # alternation (A B C D E A B C D E ...) with wrk (HTTP/1.1, 1 thread, keep-alive):
@@ -112,8 +112,9 @@ fi
 python3 -c 'import jwt, cryptography, h2' 2>/dev/null || python3 -m pip install -q pyjwt cryptography h2
 KUBECTL=${KUBECTL:-/usr/bin/kubectl}
 # KUBEGATE_BIN=path skips the build (e.g. while another cargo command holds the build lock).
-if [[ -z ${KUBEGATE_BIN:-} ]]; then cargo build --release -p kubegate --bin kubegate; fi
-KG=${KUBEGATE_BIN:-$ROOT/target/release/kubegate}
+# The image's profile (`dist`: fat LTO), so the numbers are those of the shipped binary.
+if [[ -z ${KUBEGATE_BIN:-} ]]; then cargo build --profile dist -p kubegate --bin kubegate; fi
+KG=${KUBEGATE_BIN:-$ROOT/target/dist/kubegate}
 export KUBEGATE_LOG=${KUBEGATE_LOG:-warn}
 # The gateways run as the image runs them (Dockerfile); nothing else gets the tunable.
 KUBEGATE_GLIBC_TUNABLES=${KUBEGATE_GLIBC_TUNABLES-glibc.malloc.tcache_count=64}
@@ -547,7 +548,7 @@ audit_lines=$(cat "$W"/kubegate-audit.log* | wc -l)
 # ---------------------------------------------------------------- report
 {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")"
-  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), release profile, binary $KG, KUBEGATE_LOG=$KUBEGATE_LOG, GLIBC_TUNABLES=${KUBEGATE_GLIBC_TUNABLES:-(glibc defaults)}"
+  echo "kubegate: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway config policy || echo ' (+ uncommitted changes)'), binary $KG, KUBEGATE_LOG=$KUBEGATE_LOG, GLIBC_TUNABLES=${KUBEGATE_GLIBC_TUNABLES:-(glibc defaults)}"
   echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
   echo "wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
   echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
