@@ -6,7 +6,8 @@
 # One command: installs what it lacks (nginx-light, wrk, h2load from nghttp2-client, curl,
 # pyjwt/cryptography/h2), builds the dist binary (the image's profile), picks free ports
 # (each one bound-tested at start, below the kernel's ephemeral range, so a running
-# gateway or a second copy of this script does not collide), runs everything on 127.0.0.1 and stops it all at the end.
+# gateway or a second copy of this script does not collide), runs everything on 127.0.0.1
+# and stops it all at the end.
 #
 # One nginx TLS upstream serving API-shaped JSON from memory; five paths to it, measured in
 # alternation (A B C D E A B C D E ...) with wrk (HTTP/1.1, 1 thread, keep-alive):
