@@ -216,6 +216,15 @@ build() {
 
 main() {
   command -v apt-get >/dev/null || die "this needs a Debian machine (apt-get)"
+  # One run at a time on this machine, packages included: two test binaries started
+  # together (nextest runs them in parallel) would otherwise race for apt's locks, which
+  # `apt-get update` does not wait for. Whoever waited finds the work done.
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/build.lock"
+  if ! flock -n 9; then
+    log "another run is installing or building; waiting for it"
+    flock 9
+  fi
   ensure_packages "${RUN_DEPS[@]}" dpkg-dev
   local version arch key out
   version=$(ensure_deb_src)
@@ -223,21 +232,12 @@ main() {
   key="${version}-r${RECIPE}-${arch}"
   out="$CACHE/kube-apiserver/$key/kube-apiserver"
   if [ ! -x "$out" ]; then
-    mkdir -p "$CACHE"
-    # One build at a time on this machine; whoever waited finds the binary made.
-    exec 9>"$CACHE/build.lock"
-    if ! flock -n 9; then
-      log "another build is running; waiting for it"
-      flock 9
-    fi
-    if [ ! -x "$out" ]; then
-      log "no cached kube-apiserver for $SRC_PKG $version (recipe $RECIPE): building it once"
-      local started=$SECONDS
-      (build "$version" "$out")
-      log "kube-apiserver cached at $out ($((SECONDS - started)) s in all)"
-    fi
-    exec 9>&-
+    log "no cached kube-apiserver for $SRC_PKG $version (recipe $RECIPE): building it once"
+    local started=$SECONDS
+    (build "$version" "$out")
+    log "kube-apiserver cached at $out ($((SECONDS - started)) s in all)"
   fi
+  exec 9>&-
   echo "$out"
 }
 
