@@ -124,6 +124,8 @@ pub async fn prepare_in(
     service_account: &crate::upstream::incluster::ServiceAccountEnv,
 ) -> Result<Prepared, StartError> {
     install_crypto_provider();
+    // Before anything takes a metric handle (the audit log keeps one for its queue depth).
+    crate::ops::metrics::recorder();
     let (policy, warnings) = load_policy(&config.policy.value)?;
     for w in &warnings {
         tracing::warn!(warning = %w, "policy warning");
@@ -307,7 +309,6 @@ impl Prepared {
                     self.gateway.policy.path().display()
                 ))
             })?;
-        crate::ops::metrics::recorder();
         let (admin_addr, admin_task) = match self.admin {
             Some(admin) => {
                 let admin_listener = bind(admin).await?;

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,13 +14,15 @@ use kubegate_policy::ForwardIdentity;
 use serde::{Serialize, Serializer};
 
 use crate::authn::Identity;
+use crate::ip_text::IpText;
 
 mod line;
 
 /// A request's audit ID: a random (version 4) UUID in lowercase hex,
-/// `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AuditId(pub(super) String);
+/// `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`, held inline: every request copies it into its
+/// record, its log line and two headers, and a `String` was one more allocation each time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AuditId(pub(super) [u8; 36]);
 
 impl AuditId {
     /// A fresh ID, random-looking and unique.
@@ -44,20 +47,29 @@ impl AuditId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         bytes[6] = (bytes[6] & 0x0f) | 0x40;
         bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        let mut out = String::with_capacity(36);
+        let mut out = [b'-'; 36];
+        let mut at = 0;
         for (i, byte) in bytes.iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                out.push('-');
+                at += 1;
             }
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+            out[at] = HEX[usize::from(byte >> 4)];
+            out[at + 1] = HEX[usize::from(byte & 0x0f)];
+            at += 2;
         }
         AuditId(out)
     }
 
     /// The ID as text, e.g. for an `Audit-ID` response header.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only hex digits and dashes are ever written (`from_random`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for AuditId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AuditId").field(&self.as_str()).finish()
     }
 }
 
@@ -113,13 +125,13 @@ impl Default for AuditId {
 
 impl fmt::Display for AuditId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl Serialize for AuditId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -176,53 +188,81 @@ fn is_none_or_empty(value: &Option<&str>) -> bool {
 }
 
 /// The object a resource request addresses; empty strings are omitted like the API
-/// server's `omitempty`.
+/// server's `omitempty`. Borrowed from the request's attributes while its record is
+/// written, owned by a record that outlives the request (see [`Event`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ObjectRef {
+pub struct ObjectRef<'a> {
     /// Resource, e.g. `pods`.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub resource: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub resource: Cow<'a, str>,
     /// Namespace, empty for cluster-scoped resources.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub namespace: Cow<'a, str>,
     /// Object name, empty for collections.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub name: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: Cow<'a, str>,
     /// API group, empty for the core group.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub api_group: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub api_group: Cow<'a, str>,
     /// API version, e.g. `v1`.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub api_version: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub api_version: Cow<'a, str>,
     /// Subresource, e.g. `log` or `exec`.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub subresource: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub subresource: Cow<'a, str>,
 }
+
+impl ObjectRef<'_> {
+    fn into_owned(self) -> ObjectRef<'static> {
+        ObjectRef {
+            resource: owned(self.resource),
+            namespace: owned(self.namespace),
+            name: owned(self.name),
+            api_group: owned(self.api_group),
+            api_version: owned(self.api_version),
+            subresource: owned(self.subresource),
+        }
+    }
+}
+
+fn owned(text: Cow<'_, str>) -> Cow<'static, str> {
+    Cow::Owned(text.into_owned())
+}
+
+/// A record's annotations (`kubegate.io/...`), sorted by key as the API server writes
+/// them. The keys are the gateway's own names; the values may borrow from the request.
+pub type Annotations<'a> = BTreeMap<Cow<'static, str>, Cow<'a, str>>;
 
 /// One audit record. Serializes (see [`Serialize`]) as an `audit.k8s.io/v1` `Event` at
 /// level `Metadata`. It holds no credential.
+///
+/// An ordinary request's record borrows its text from the request (its facts, attributes
+/// and decision) for the moment it is written, so writing it allocates nothing but the
+/// line; a record that outlives the request (a long-running response's final record, the
+/// first refusal of a summary window) is made [`into_owned`](Self::into_owned).
 #[derive(Clone, Debug)]
-pub struct Event {
+pub struct Event<'a> {
     /// Unique per request; also sent to the client as `Audit-ID`.
     pub audit_id: AuditId,
     /// Which stage this record describes.
     pub stage: Stage,
     /// Path plus `?` and query, as received.
-    pub request_uri: String,
+    pub request_uri: Cow<'a, str>,
     /// Kubernetes verb (`get`, `list`, `watch`, ...) or the lower-case HTTP method for
     /// non-resource requests.
-    pub verb: String,
+    pub verb: Cow<'a, str>,
     /// The authenticated user; `None` (field omitted) when authentication failed.
     pub user: Option<Arc<Identity>>,
     /// The identity the gateway forwarded upstream; `None` when nothing was forwarded.
     pub impersonated_user: Option<Arc<ForwardIdentity>>,
-    /// Client addresses, nearest first.
-    pub source_ips: Vec<String>,
+    /// The client's address (`sourceIPs`, a list of one); the gateway trusts no
+    /// forwarding header, so it knows no other.
+    pub source_ip: Option<IpAddr>,
     /// The client's `User-Agent`; omitted when absent or empty.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Cow<'a, str>>,
     /// The object addressed, for resource requests.
-    pub object_ref: Option<ObjectRef>,
+    pub object_ref: Option<ObjectRef<'a>>,
     /// HTTP status code of the response.
     pub response_code: u16,
     /// When the gateway received the request.
@@ -230,7 +270,7 @@ pub struct Event {
     /// When this stage was reached.
     pub stage_time: SystemTime,
     /// `kubegate.io/...` annotations (decision, rule, latency); omitted when empty.
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Annotations<'a>,
 }
 
 /// The wire form of [`Event`], in the API server's field names and order.
@@ -250,12 +290,16 @@ struct WireEvent<'a> {
     user: Option<UserInfo<'a>>,
     #[serde(rename = "impersonatedUser", skip_serializing_if = "Option::is_none")]
     impersonated_user: Option<UserInfo<'a>>,
-    #[serde(rename = "sourceIPs", skip_serializing_if = "<[String]>::is_empty")]
-    source_ips: &'a [String],
+    #[serde(
+        rename = "sourceIPs",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "list_of_one"
+    )]
+    source_ip: Option<IpAddr>,
     #[serde(rename = "userAgent", skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
     #[serde(rename = "objectRef", skip_serializing_if = "Option::is_none")]
-    object_ref: Option<&'a ObjectRef>,
+    object_ref: Option<&'a ObjectRef<'a>>,
     #[serde(rename = "responseStatus")]
     response_status: ResponseStatus,
     #[serde(rename = "requestReceivedTimestamp")]
@@ -263,11 +307,17 @@ struct WireEvent<'a> {
     #[serde(rename = "stageTimestamp")]
     stage_time: Timestamp,
     #[serde(skip_serializing_if = "is_empty_map")]
-    annotations: Cow<'a, BTreeMap<String, String>>,
+    annotations: Cow<'a, Annotations<'a>>,
 }
 
-fn is_empty_map(map: &BTreeMap<String, String>) -> bool {
+fn is_empty_map(map: &Annotations<'_>) -> bool {
     map.is_empty()
+}
+
+/// `sourceIPs`: the one address, as a list.
+fn list_of_one<S: Serializer>(ip: &Option<IpAddr>, serializer: S) -> Result<S::Ok, S::Error> {
+    let texts = ip.map(IpText::new);
+    serializer.collect_seq(texts.iter().map(IpText::as_str))
 }
 
 #[derive(Serialize)]
@@ -280,13 +330,36 @@ struct ResponseStatus {
 #[derive(Serialize)]
 struct EmptyObject {}
 
-impl Serialize for Event {
+impl Serialize for Event<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.wire(false).serialize(serializer)
     }
 }
 
-impl Event {
+impl Event<'_> {
+    /// The record with everything it borrowed copied, to outlive the request.
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            audit_id: self.audit_id,
+            stage: self.stage,
+            request_uri: owned(self.request_uri),
+            verb: owned(self.verb),
+            user: self.user,
+            impersonated_user: self.impersonated_user,
+            source_ip: self.source_ip,
+            user_agent: self.user_agent.map(owned),
+            object_ref: self.object_ref.map(ObjectRef::into_owned),
+            response_code: self.response_code,
+            request_received: self.request_received,
+            stage_time: self.stage_time,
+            annotations: self
+                .annotations
+                .into_iter()
+                .map(|(key, value)| (key, owned(value)))
+                .collect(),
+        }
+    }
+
     /// The wire form; with `omit_user_info`, without `user` and `impersonatedUser`, and
     /// a summary's `user:<name>` key cut to `user`.
     fn wire(&self, omit_user_info: bool) -> WireEvent<'_> {
@@ -314,7 +387,7 @@ impl Event {
             impersonated_user: (!omit_user_info)
                 .then(|| self.impersonated_user.as_deref().map(UserInfo::from))
                 .flatten(),
-            source_ips: &self.source_ips,
+            source_ip: self.source_ip,
             user_agent: self.user_agent.as_deref().filter(|ua| !ua.is_empty()),
             object_ref: self.object_ref.as_ref(),
             response_status: ResponseStatus {
@@ -355,9 +428,9 @@ const LINE_CAPACITY: usize = 1000;
 pub(super) struct Timestamp(pub(super) SystemTime);
 
 impl Timestamp {
-    /// The fields of the timestamp: (year, month, day, hour, minute, second, microsecond).
-    fn fields(&self) -> (i64, u32, u32, i64, i64, i64, i64) {
-        let (secs, frac) = match self.0.duration_since(UNIX_EPOCH) {
+    /// Whole seconds since the epoch and the microseconds past them, floored.
+    fn seconds_and_micros(&self) -> (i64, i64) {
+        match self.0.duration_since(UNIX_EPOCH) {
             // Every real clock reading: 64-bit arithmetic only (two timestamps on every
             // audit line; 128-bit division cost more than the rest of the rendering).
             Ok(after) => (
@@ -372,38 +445,84 @@ impl Timestamp {
                     micros.rem_euclid(1_000_000) as i64,
                 )
             }
-        };
-        let day_secs = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-        let (hour, minute, second) = (day_secs / 3_600, day_secs % 3_600 / 60, day_secs % 60);
+        }
+    }
+
+    /// The fields of the timestamp: (year, month, day, hour, minute, second, microsecond).
+    fn fields(&self) -> (i64, u32, u32, i64, i64, i64, i64) {
+        let (secs, frac) = self.seconds_and_micros();
+        let (year, month, day, hour, minute, second) = civil_from_seconds(secs);
         (year, month, day, hour, minute, second, frac)
     }
 
     /// The text for years 0 to 9999, written digit by digit: two of these are on every
     /// audit line, and the formatting machinery cost more than the rest of the line's
     /// numbers together. `None` outside those years (see the `Display` fallback).
+    ///
+    /// Each thread keeps the text of the last second it rendered: a request's two
+    /// timestamps, and the next requests', almost always fall in the same second, and
+    /// then only the microseconds are written.
     fn render(&self) -> Option<[u8; 27]> {
-        let (year, month, day, hour, minute, second, frac) = self.fields();
-        if !(0..=9_999).contains(&year) {
-            return None;
-        }
-        let mut out = *b"0000-00-00T00:00:00.000000Z";
-        let mut put = |at: usize, width: usize, mut value: u64| {
-            for i in (at..at + width).rev() {
-                out[i] = b'0' + (value % 10) as u8;
-                value /= 10;
+        let (secs, frac) = self.seconds_and_micros();
+        let second = LAST_SECOND.with(|last| match last.get() {
+            Some((at, text)) if at == secs => Some(text),
+            _ => {
+                let text = render_second(secs)?;
+                last.set(Some((secs, text)));
+                Some(text)
             }
-        };
-        // Every value is in range here: the year by the check above, the rest by
-        // construction (months 1-12, days 1-31, hours < 24, fractions < 10^6).
-        put(0, 4, year as u64);
-        put(5, 2, u64::from(month));
-        put(8, 2, u64::from(day));
-        put(11, 2, hour as u64);
-        put(14, 2, minute as u64);
-        put(17, 2, second as u64);
-        put(20, 6, frac as u64);
+        })?;
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        out[..19].copy_from_slice(&second);
+        // Fractions are below 10^6 by construction.
+        put_digits(&mut out[20..26], frac as u64);
         Some(out)
+    }
+}
+
+thread_local! {
+    /// The last whole second this thread rendered, and its text.
+    static LAST_SECOND: std::cell::Cell<Option<(i64, [u8; 19])>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// (year, month, day, hour, minute, second) of `secs` since the epoch, in UTC.
+fn civil_from_seconds(secs: i64) -> (i64, u32, u32, i64, i64, i64) {
+    let day_secs = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    (
+        year,
+        month,
+        day,
+        day_secs / 3_600,
+        day_secs % 3_600 / 60,
+        day_secs % 60,
+    )
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs`, or `None` outside years 0 to 9999.
+fn render_second(secs: i64) -> Option<[u8; 19]> {
+    let (year, month, day, hour, minute, second) = civil_from_seconds(secs);
+    if !(0..=9_999).contains(&year) {
+        return None;
+    }
+    let mut out = *b"0000-00-00T00:00:00";
+    // Every value is in range here: the year by the check above, the rest by
+    // construction (months 1-12, days 1-31, hours < 24).
+    put_digits(&mut out[0..4], year as u64);
+    put_digits(&mut out[5..7], u64::from(month));
+    put_digits(&mut out[8..10], u64::from(day));
+    put_digits(&mut out[11..13], hour as u64);
+    put_digits(&mut out[14..16], minute as u64);
+    put_digits(&mut out[17..19], second as u64);
+    Some(out)
+}
+
+/// Writes `value`'s last `digits.len()` decimal digits into `digits`, zero-padded.
+fn put_digits(digits: &mut [u8], mut value: u64) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 

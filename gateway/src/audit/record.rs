@@ -13,15 +13,13 @@
 //! [`MAX_RECORD_WITHOUT_IDENTITY`] bytes, whatever the client sent.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use kubegate_policy::{ForwardIdentity, RequestAttributes};
 
-use crate::audit::{AuditId, Event, ObjectRef, Stage};
+use crate::audit::{Annotations, AuditId, Event, ObjectRef, Stage};
 use crate::authn::Identity;
-use crate::ip_text::IpText;
 
 /// Longest `userAgent` kept, in bytes: the API server's own bound for its audit events
 /// (k8s.io/apiserver `maxUserAgentLength`). Real clients send well under 200.
@@ -85,21 +83,21 @@ pub struct Facts {
 }
 
 /// Builds the audit event for a request, with every client-controlled field bounded (see
-/// the module doc).
+/// the module doc). It borrows its text from `facts` and `attributes`: within the bounds
+/// (every real request) nothing is copied.
 #[allow(clippy::too_many_arguments)]
-pub fn event(
-    facts: &Facts,
+pub fn event<'a>(
+    facts: &'a Facts,
     stage: Stage,
-    attributes: Option<&RequestAttributes>,
+    attributes: Option<&'a RequestAttributes>,
     identity: Option<&Arc<Identity>>,
     forwarded: Option<&Arc<ForwardIdentity>>,
     code: u16,
-    mut annotations: BTreeMap<String, String>,
-) -> Event {
+    mut annotations: Annotations<'a>,
+) -> Event<'a> {
     let mut cut = Vec::new();
-    let mut field = |value: &str, field: &'static str| {
-        bounded(value, MAX_ATTRIBUTE, field, &mut cut).into_owned()
-    };
+    let mut field =
+        |value: &'a str, field: &'static str| bounded(value, MAX_ATTRIBUTE, field, &mut cut);
     let (verb, object_ref) = match attributes {
         Some(RequestAttributes::Resource(r)) => (
             field(&r.verb, "verb"),
@@ -113,28 +111,24 @@ pub fn event(
             }),
         ),
         Some(RequestAttributes::NonResource(n)) => (field(&n.verb, "verb"), None),
-        None => (String::new(), None),
+        None => (Cow::Borrowed(""), None),
     };
     let request_uri = bounded(&facts.request_uri, MAX_REQUEST_URI, "requestURI", &mut cut);
     let user_agent = facts
         .user_agent
         .as_deref()
-        .map(|ua| bounded(ua, MAX_USER_AGENT, "userAgent", &mut cut).into_owned());
+        .map(|ua| bounded(ua, MAX_USER_AGENT, "userAgent", &mut cut));
     if !cut.is_empty() {
-        annotations.insert(TRUNCATED_ANNOTATION.into(), cut.join(","));
+        annotations.insert(TRUNCATED_ANNOTATION.into(), cut.join(",").into());
     }
     Event {
-        audit_id: facts.audit_id.clone(),
+        audit_id: facts.audit_id,
         stage,
-        request_uri: request_uri.into_owned(),
+        request_uri,
         verb,
         user: identity.cloned(),
         impersonated_user: forwarded.cloned(),
-        source_ips: facts
-            .source_ip
-            .iter()
-            .map(|ip| IpText::new(*ip).as_str().to_owned())
-            .collect(),
+        source_ip: facts.source_ip,
         user_agent,
         object_ref,
         response_code: code,
@@ -160,13 +154,10 @@ pub(crate) mod tests {
         }
     }
 
-    fn refusal(facts: &Facts, attributes: Option<&RequestAttributes>) -> Event {
-        let annotations = BTreeMap::from([
-            ("kubegate.io/decision".to_string(), "none".to_string()),
-            (
-                "kubegate.io/latency".to_string(),
-                "123456.789ms".to_string(),
-            ),
+    fn refusal<'a>(facts: &'a Facts, attributes: Option<&'a RequestAttributes>) -> Event<'a> {
+        let annotations = Annotations::from([
+            ("kubegate.io/decision".into(), "none".into()),
+            ("kubegate.io/latency".into(), "123456.789ms".into()),
         ]);
         event(
             facts,
@@ -262,7 +253,8 @@ pub(crate) mod tests {
         assert_eq!(e.request_uri, "/api/v1/namespaces/dev/pods?limit=5");
         assert_eq!(e.user_agent.as_deref(), Some("kubectl/v1.34.0"));
         assert!(!e.annotations.contains_key(TRUNCATED_ANNOTATION));
-        let e = refusal(&facts(&"/".repeat(MAX_REQUEST_URI), None), None);
+        let f = facts(&"/".repeat(MAX_REQUEST_URI), None);
+        let e = refusal(&f, None);
         assert_eq!(e.request_uri.len(), MAX_REQUEST_URI);
         assert_eq!(e.user_agent, None);
         assert!(!e.annotations.contains_key(TRUNCATED_ANNOTATION));
@@ -279,7 +271,8 @@ pub(crate) mod tests {
             name: long.clone(),
             ..ResourceAttributes::default()
         });
-        let e = refusal(&facts("/api", None), Some(&resource));
+        let f = facts("/api", None);
+        let e = refusal(&f, Some(&resource));
         let object = e.object_ref.expect("object ref");
         assert_eq!(
             object.name,
@@ -292,14 +285,15 @@ pub(crate) mod tests {
             verb: long.clone(),
             path: "/x".into(),
         });
-        let e = refusal(&facts("/x", None), Some(&odd));
+        let f = facts("/x", None);
+        let e = refusal(&f, Some(&odd));
         assert_eq!(e.verb.len(), MAX_ATTRIBUTE + TRUNCATED_SUFFIX.len());
         assert_eq!(e.annotations[TRUNCATED_ANNOTATION], "verb");
     }
 
     /// The record of a refusal whose every client-controlled field is at its bound and made
     /// of the character JSON escapes to two bytes.
-    pub(crate) fn largest_refusal() -> Event {
+    pub(crate) fn largest_refusal() -> Event<'static> {
         let huge = "\"".repeat(100_000);
         let attributes = RequestAttributes::Resource(ResourceAttributes {
             verb: huge.clone(),
@@ -311,7 +305,7 @@ pub(crate) mod tests {
             name: huge.clone(),
             ..ResourceAttributes::default()
         });
-        refusal(&facts(&huge, Some(&huge)), Some(&attributes))
+        refusal(&facts(&huge, Some(&huge)), Some(&attributes)).into_owned()
     }
 
     #[test]

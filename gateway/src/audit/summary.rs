@@ -101,17 +101,17 @@ struct Window {
     /// The wall-clock time it opened, for the record.
     opened_at: SystemTime,
     /// The first request's record, already written in full.
-    first: Event,
+    first: Event<'static>,
     /// Refusals since, by response code.
     codes: BTreeMap<u16, u64>,
 }
 
 impl Window {
-    fn open(first: &Event, now: Instant) -> Window {
+    fn open(first: &Event<'_>, now: Instant) -> Window {
         Window {
             opened: now,
             opened_at: SystemTime::now(),
-            first: first.clone(),
+            first: first.clone().into_owned(),
             codes: BTreeMap::new(),
         }
     }
@@ -138,14 +138,17 @@ impl Window {
         event.stage_time = SystemTime::now();
         let a = &mut event.annotations;
         a.insert(SUMMARY.into(), "true".into());
-        a.insert(SUMMARY_OF.into(), first.as_str().into());
-        a.insert(SUMMARY_COUNT.into(), count.to_string());
-        a.insert(SUMMARY_CODES.into(), codes);
-        a.insert(SUMMARY_KEY.into(), slot.label());
-        a.insert(SUMMARY_START.into(), Timestamp(self.opened_at).to_string());
+        a.insert(SUMMARY_OF.into(), first.as_str().to_owned().into());
+        a.insert(SUMMARY_COUNT.into(), count.to_string().into());
+        a.insert(SUMMARY_CODES.into(), codes.into());
+        a.insert(SUMMARY_KEY.into(), slot.label().into());
+        a.insert(
+            SUMMARY_START.into(),
+            Timestamp(self.opened_at).to_string().into(),
+        );
         a.insert(
             SUMMARY_END.into(),
-            Timestamp(self.opened_at + open_for).to_string(),
+            Timestamp(self.opened_at + open_for).to_string().into(),
         );
         Some(Summary {
             event,
@@ -158,7 +161,7 @@ impl Window {
 
 /// A summary record to write, with what its log line says.
 pub(super) struct Summary {
-    event: Event,
+    event: Event<'static>,
     first: AuditId,
     count: u64,
     kind: &'static str,
@@ -201,7 +204,7 @@ impl Summaries {
     }
 
     /// Counts `event`, a refusal for `key` at `now`, in its window, or opens one for it.
-    pub(super) fn admit(&self, key: SummaryKey, event: &Event, now: Instant) -> Admitted {
+    pub(super) fn admit(&self, key: SummaryKey, event: &Event<'_>, now: Instant) -> Admitted {
         let mut state = self.state();
         if state.closed {
             return Admitted {
@@ -287,7 +290,7 @@ impl AuditLog {
     /// Records a refusal the gateway answered itself before any policy decision or by
     /// admission (see the module doc): the first for `key` in a window is written in full,
     /// later ones are counted into the window's summary.
-    pub async fn record_refusal(&self, key: SummaryKey, event: &Event) {
+    pub async fn record_refusal(&self, key: SummaryKey, event: &Event<'_>) {
         let admitted = self.inner.summaries.admit(key, event, Instant::now());
         self.write_summaries(admitted.summaries).await;
         if admitted.write {
@@ -345,7 +348,7 @@ mod tests {
 
     const W: Duration = WINDOW;
 
-    fn refusal(i: usize, code: u16) -> Event {
+    fn refusal(i: usize, code: u16) -> Event<'static> {
         let mut event = numbered(i);
         event.response_code = code;
         event

@@ -8,6 +8,7 @@ use axum::response::Response;
 use http::{HeaderValue, StatusCode};
 use tracing::{info, warn};
 
+use super::headers::AUDIT_ID;
 use super::{Gateway, Outcome};
 use crate::audit::Stage;
 use crate::audit::record::Facts;
@@ -68,8 +69,10 @@ pub(super) async fn finish(
 
     // The same ID goes to the client and (in `handle`) upstream.
     if let Ok(id) = HeaderValue::from_str(facts.audit_id.as_str()) {
-        response.headers_mut().insert("audit-id", id);
+        response.headers_mut().insert(AUDIT_ID, id);
     }
+    // A spliced session took the guard already; every other response carries it.
+    let guard = outcome.guard.take();
     // A long-running response that started gets a record now and one when it ends.
     let streaming = outcome.kind.is_long_running()
         && (status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS);
@@ -92,8 +95,7 @@ pub(super) async fn finish(
         gateway.audit.record(&event).await;
     }
 
-    // A spliced session took the guard already; every other response carries it.
-    match outcome.guard.take() {
+    match guard {
         Some(mut guard) => {
             let shutdown = streaming.then(|| {
                 guard.arm_final_record(gateway.audit.clone(), event, &gateway.pending_audit);

@@ -34,14 +34,23 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// to send (`X-Remote-User`, `X-Remote-Group`, `X-Remote-Extra-*`).
 const IDENTITY_PREFIXES: [&str; 2] = ["impersonate-", "x-remote-"];
 
+/// `Audit-ID`: the request's audit ID, to the client and to the API server. Names the
+/// gateway writes on every request are built from static text: a `&str` name is parsed
+/// and copied into a new allocation at each insert.
+pub const AUDIT_ID: HeaderName = HeaderName::from_static("audit-id");
+const IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
+const IMPERSONATE_GROUP: HeaderName = HeaderName::from_static("impersonate-group");
+const IMPERSONATE_UID: HeaderName = HeaderName::from_static("impersonate-uid");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Headers the gateway sets itself; a client's copy would be a lie or a spoof (a forged
 /// `Audit-ID` would let a client tie its request to someone else's audit record).
 static GATEWAY_OWNED: [HeaderName; 5] = [
     header::AUTHORIZATION,
     header::HOST,
-    HeaderName::from_static("x-forwarded-for"),
+    X_FORWARDED_FOR,
     HeaderName::from_static("forwarded"),
-    HeaderName::from_static("audit-id"),
+    AUDIT_ID,
 ];
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
@@ -133,12 +142,12 @@ pub fn add_gateway_headers(
         credential.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, credential);
     }
-    headers.insert("impersonate-user", identity_value(&identity.user)?);
+    headers.insert(IMPERSONATE_USER, identity_value(&identity.user)?);
     for group in &identity.groups {
-        headers.append("impersonate-group", identity_value(group)?);
+        headers.append(IMPERSONATE_GROUP, identity_value(group)?);
     }
     if let Some(uid) = &identity.uid {
-        headers.insert("impersonate-uid", identity_value(uid)?);
+        headers.insert(IMPERSONATE_UID, identity_value(uid)?);
     }
     for (key, values) in &identity.extra {
         let name = HeaderName::from_bytes(extra_header_name(key).as_bytes())
@@ -149,7 +158,7 @@ pub fn add_gateway_headers(
     }
     let forwarded_for = HeaderValue::from_str(IpText::new(peer).as_str());
     headers.insert(
-        "x-forwarded-for",
+        X_FORWARDED_FOR,
         forwarded_for.expect("an IP address is a header value"),
     );
     Ok(())

@@ -25,7 +25,6 @@ pub mod review;
 pub mod stream;
 pub mod upgrade;
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,7 +39,7 @@ use kubegate_config::Limits;
 use kubegate_policy::{Decision, ForwardIdentity, RequestAttributes, normalize_path, resolve};
 
 use crate::audit::record::{self, Facts};
-use crate::audit::{AuditId, AuditLog, Stage, SummaryKey};
+use crate::audit::{Annotations, AuditId, AuditLog, Stage, SummaryKey};
 use crate::authn::{Authenticator, Identity};
 use crate::error::GatewayError;
 use crate::listener::{ConnInfo, address_key};
@@ -145,30 +144,30 @@ impl Outcome {
         }
     }
 
-    fn annotations(&self, gateway_time: Duration) -> BTreeMap<String, String> {
-        let mut a = BTreeMap::new();
+    fn annotations(&self, gateway_time: Duration) -> Annotations<'_> {
+        let mut a = Annotations::new();
         a.insert("kubegate.io/decision".into(), self.decision_label().into());
-        if let Some(rule) = self.decision.as_ref().and_then(|d| d.rule.clone()) {
-            a.insert("kubegate.io/rule".into(), rule);
+        if let Some(rule) = self.decision.as_ref().and_then(|d| d.rule.as_deref()) {
+            a.insert("kubegate.io/rule".into(), rule.into());
         }
         // Whole microseconds, rounded, as integers: an f64 with a precision took a thousand
         // instructions a request to format.
         let micros = (gateway_time.as_nanos() + 500) / 1000;
         a.insert(
             "kubegate.io/latency".into(),
-            format!("{}.{:03}ms", micros / 1000, micros % 1000),
+            format!("{}.{:03}ms", micros / 1000, micros % 1000).into(),
         );
         a
     }
 
     /// The audit record of this request at `stage`, answered with `code`.
-    fn event(
-        &self,
-        facts: &Facts,
+    fn event<'a>(
+        &'a self,
+        facts: &'a Facts,
         stage: Stage,
         code: StatusCode,
         gateway_time: Duration,
-    ) -> crate::audit::Event {
+    ) -> crate::audit::Event<'a> {
         record::event(
             facts,
             stage,
@@ -303,7 +302,7 @@ impl Gateway {
         add_gateway_headers(&mut parts.headers, credential, forwarded, peer)?;
         // The API server records this ID too, so both audit trails can be joined.
         if let Ok(id) = HeaderValue::from_str(facts.audit_id.as_str()) {
-            parts.headers.insert("audit-id", id);
+            parts.headers.insert(headers::AUDIT_ID, id);
         }
 
         // 6. Forward the exact path and query that were authorized.

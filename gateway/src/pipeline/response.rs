@@ -23,7 +23,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use metrics::gauge;
 
 use crate::audit::{AuditLog, Event, Stage};
-use crate::ops::metrics::{IN_FLIGHT, OPEN_STREAMS};
+use crate::ops::metrics::{OPEN_STREAMS, in_flight};
 use crate::ops::shutdown::Shutdown;
 use crate::pipeline::admission::Permit;
 use crate::pipeline::kind::RequestKind;
@@ -45,7 +45,7 @@ pub struct ResponseGuard {
 
 struct FinalRecord {
     log: AuditLog,
-    event: Event,
+    event: Event<'static>,
     pending: Pending,
 }
 
@@ -75,19 +75,19 @@ impl ResponseGuard {
 
     /// Writes `event` as the `ResponseComplete` record (its stage time the moment of the
     /// end) when the response ends.
-    pub fn arm_final_record(&mut self, log: AuditLog, event: Event, pending: &Pending) {
+    pub fn arm_final_record(&mut self, log: AuditLog, event: Event<'_>, pending: &Pending) {
         pending.0.fetch_add(1, Ordering::AcqRel);
         self.final_record = Some(Box::new(FinalRecord {
             log,
-            event,
+            event: event.into_owned(),
             pending: pending.clone(),
         }));
     }
 
     /// Adds an annotation to the final record, if one is armed (a session's recording).
-    pub fn annotate_final_record(&mut self, key: &str, value: String) {
+    pub fn annotate_final_record(&mut self, key: &'static str, value: String) {
         if let Some(record) = self.final_record.as_mut() {
-            record.event.annotations.insert(key.to_string(), value);
+            record.event.annotations.insert(key.into(), value.into());
         }
     }
 
@@ -163,14 +163,14 @@ struct InFlight(());
 
 impl InFlight {
     fn start() -> Self {
-        gauge!(IN_FLIGHT).increment(1.0);
+        in_flight(1.0);
         InFlight(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!(IN_FLIGHT).decrement(1.0);
+        in_flight(-1.0);
     }
 }
 

@@ -352,7 +352,7 @@ impl Asker<'_> {
             self.peer,
         )?;
         if let Ok(id) = HeaderValue::from_str(self.facts.audit_id.as_str()) {
-            request.headers_mut().insert("audit-id", id);
+            request.headers_mut().insert(super::headers::AUDIT_ID, id);
         }
         outcome.sent_upstream = true;
         let sent = Instant::now();

@@ -23,7 +23,7 @@ pub mod cookie;
 pub mod flow;
 pub mod page;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -37,7 +37,7 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use kubegate_config::{Config, ConfigError, Login};
 
 use crate::audit::record::{self, Facts};
-use crate::audit::{AuditId, Stage, SummaryKey};
+use crate::audit::{Annotations, AuditId, Stage, SummaryKey};
 use crate::authn::{AuthError, Identity};
 use crate::error::GatewayError;
 use crate::listener::{ConnInfo, address_key};
@@ -183,13 +183,15 @@ fn facts(request: &Request<Body>) -> Facts {
 /// summaries, as the pipeline's do, so a flood of them cannot rotate the trail.
 async fn audit(gateway: &Gateway, facts: &Facts, outcome: Outcome, response: &mut Response) {
     if let Ok(id) = HeaderValue::from_str(facts.audit_id.as_str()) {
-        response.headers_mut().insert("audit-id", id);
+        response
+            .headers_mut()
+            .insert(crate::pipeline::headers::AUDIT_ID, id);
     }
     let Some(signin) = outcome.signin else { return };
-    let mut annotations = BTreeMap::new();
-    annotations.insert("kubegate.io/signin".to_string(), signin.to_string());
+    let mut annotations = Annotations::new();
+    annotations.insert("kubegate.io/signin".into(), signin.into());
     if let Some(reason) = outcome.reason {
-        annotations.insert("kubegate.io/signin-reason".to_string(), reason.to_string());
+        annotations.insert("kubegate.io/signin-reason".into(), reason.into());
     }
     let event = record::event(
         facts,
