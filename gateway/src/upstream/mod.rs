@@ -8,8 +8,9 @@
 pub mod incluster;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
@@ -77,7 +78,22 @@ struct Inner {
     /// upgraded connection never counts against the ordinary requests' pool.
     upgrade_client: HttpsClient,
     credential: Option<CredentialService>,
+    /// The credential's last header, reused for [`CREDENTIAL_REUSE`].
+    last_credential: ArcSwapOption<IssuedCredential>,
     timeout: Duration,
+}
+
+/// How long the gateway reuses the upstream `Authorization` header it last got before it
+/// asks the credential again. kube refreshes an exec plugin's or a provider's token 60 s
+/// before it expires, and the in-cluster token file is looked at once a second, so reusing
+/// a header for a second never sends an expired one. It spares each request the
+/// credential's boxed service, its locks and its allocations (1.6k instructions a request).
+const CREDENTIAL_REUSE: Duration = Duration::from_secs(1);
+
+/// An `Authorization` header the credential gave, and when.
+struct IssuedCredential {
+    at: Instant,
+    header: Option<HeaderValue>,
 }
 
 /// Long-running requests (watches, followed logs) one upstream connection carries at most.
@@ -265,6 +281,7 @@ impl Upstream {
                 streams,
                 upgrade_client,
                 credential,
+                last_credential: ArcSwapOption::empty(),
                 timeout,
             }),
         })
@@ -293,6 +310,12 @@ impl Upstream {
         let Some(credential) = &self.inner.credential else {
             return Ok(None);
         };
+        let now = Instant::now();
+        if let Some(last) = &*self.inner.last_credential.load()
+            && now.saturating_duration_since(last.at) < CREDENTIAL_REUSE
+        {
+            return Ok(last.header.clone());
+        }
         let request = credential
             .clone()
             .oneshot(Request::new(Empty::new()))
@@ -300,7 +323,15 @@ impl Upstream {
             .map_err(|e| {
                 GatewayError::Internal(format!("cannot obtain the upstream credential: {e}"))
             })?;
-        Ok(request.body().headers().get(AUTHORIZATION).cloned())
+        let header = request.body().headers().get(AUTHORIZATION).cloned();
+        // Errors are not kept: the next request asks again.
+        self.inner
+            .last_credential
+            .store(Some(Arc::new(IssuedCredential {
+                at: now,
+                header: header.clone(),
+            })));
+        Ok(header)
     }
 
     /// Asks the upstream for `path` with the gateway's credential: `Ok` on a 2xx answer
@@ -400,4 +431,93 @@ fn https_connector(
     } else {
         builder.enable_http1().wrap_connector(http)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A credential whose n-th call gives `Bearer <n>`, except the calls in `failing`.
+    fn counting(failing: &'static [usize]) -> (CredentialService, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let service = tower::service_fn(move |mut r: Request<Empty<Bytes>>| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if failing.contains(&n) {
+                    return Err::<Response<_>, BoxError>("the exec plugin failed".into());
+                }
+                let header = HeaderValue::from_str(&format!("Bearer {n}"))?;
+                r.headers_mut().insert(AUTHORIZATION, header);
+                Ok(Response::new(r))
+            }
+        });
+        (BoxCloneSyncService::new(service), calls)
+    }
+
+    fn upstream(credential: CredentialService) -> Upstream {
+        crate::app::install_crypto_provider();
+        let kube = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
+        Upstream::build(&kube, Duration::from_secs(1), Some(credential)).unwrap()
+    }
+
+    /// Makes the header the upstream holds `by` older, instead of sleeping.
+    fn age(upstream: &Upstream, by: Duration) {
+        let last = upstream
+            .inner
+            .last_credential
+            .load_full()
+            .expect("a header is held");
+        upstream
+            .inner
+            .last_credential
+            .store(Some(Arc::new(IssuedCredential {
+                at: last.at.checked_sub(by).unwrap(),
+                header: last.header.clone(),
+            })));
+    }
+
+    async fn header(upstream: &Upstream) -> String {
+        let header = upstream.authorization().await.unwrap().unwrap();
+        header.to_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn the_credential_is_asked_again_once_its_header_is_a_second_old() {
+        let (credential, calls) = counting(&[]);
+        let upstream = upstream(credential);
+        for _ in 0..100 {
+            assert_eq!(header(&upstream).await, "Bearer 1");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        age(&upstream, CREDENTIAL_REUSE - Duration::from_millis(10));
+        assert_eq!(
+            header(&upstream).await,
+            "Bearer 1",
+            "still within the second"
+        );
+        age(&upstream, Duration::from_millis(10));
+        assert_eq!(header(&upstream).await, "Bearer 2");
+        assert_eq!(header(&upstream).await, "Bearer 2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_credential_is_not_kept_and_the_last_header_is_not_reused_past_its_second() {
+        let (credential, calls) = counting(&[1, 3]);
+        let upstream = upstream(credential);
+        assert!(upstream.authorization().await.is_err());
+        assert_eq!(
+            header(&upstream).await,
+            "Bearer 2",
+            "the failure was not kept"
+        );
+        age(&upstream, CREDENTIAL_REUSE);
+        // The credential fails now: the request fails rather than reusing an old header.
+        assert!(upstream.authorization().await.is_err());
+        assert_eq!(header(&upstream).await, "Bearer 4");
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
 }
