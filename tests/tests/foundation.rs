@@ -47,12 +47,18 @@ async fn smuggled_identity_headers_are_dropped() {
         .header("X-Remote-User", "admin")
         .header("X-Forwarded-For", "10.9.9.9")
         .header("Connection", "Impersonate-User, Authorization")
+        .header("Host", "evil.example")
         .body(Default::default())
         .unwrap();
     let r = collect(&client, request).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 
     let req = &gw.sandbox.requests()[0];
+    // The upstream is asked for by its own name, whatever the client said.
+    assert_eq!(
+        req.header_values("host"),
+        vec![gw.sandbox.addr().to_string()]
+    );
     assert_eq!(req.header_values("impersonate-user"), vec!["alice"]);
     assert_eq!(req.impersonate_groups(), vec!["devs"]);
     assert!(req.header_values("impersonate-uid").is_empty());
