@@ -182,10 +182,10 @@ fn with_request_handles(f: impl FnOnce(&mut RequestHandles)) {
 
 /// The handles of [`request_done`]'s and [`in_flight`]'s series, kept per thread. Finding
 /// them in the registry on every request (a label key built, hashed and looked up, the
-/// status code formatted) took about 4,400 instructions a request, and 600 for each
-/// move of the in-flight gauge. The set is as bounded as the
-/// labels. The handles belong to the recorder they came from: a thread that sees
-/// another recorder (a test's local one) starts a new set.
+/// status code formatted) took about 4,400 instructions a request, and 600 for each move
+/// of the in-flight gauge. The set is as bounded as the labels. The handles belong to the
+/// recorder they came from: a thread that sees another recorder (a test's local one)
+/// starts a new set.
 struct RequestHandles {
     recorder: usize,
     requests: HashMap<(u16, &'static str, &'static str), Counter>,
