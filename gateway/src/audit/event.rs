@@ -518,8 +518,22 @@ fn render_second(secs: i64) -> Option<[u8; 19]> {
     Some(out)
 }
 
+/// `value` in decimal, written without the formatter (whose machinery costs hundreds of
+/// instructions a number) into the end of `buf`: the digits.
+pub(super) fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
 /// Writes `value`'s last `digits.len()` decimal digits into `digits`, zero-padded.
-fn put_digits(digits: &mut [u8], mut value: u64) {
+pub(super) fn put_digits(digits: &mut [u8], mut value: u64) {
     for digit in digits.iter_mut().rev() {
         *digit = b'0' + (value % 10) as u8;
         value /= 10;

@@ -152,7 +152,7 @@ impl Outcome {
         }
         a.insert(
             "kubegate.io/latency".into(),
-            latency_text(gateway_time).into(),
+            record::latency(gateway_time).into(),
         );
         a
     }
@@ -175,34 +175,6 @@ impl Outcome {
             self.annotations(gateway_time),
         )
     }
-}
-
-/// `gateway_time` as the latency annotation writes it, in milliseconds with three decimals
-/// (whole microseconds, rounded): `0.412ms`. Written digit by digit: an f64 with a
-/// precision took a thousand instructions a request to format, `format!` of two integers
-/// eight hundred.
-fn latency_text(gateway_time: Duration) -> String {
-    let micros = (gateway_time.as_nanos() + 500) / 1000;
-    let (mut whole, fraction) = (micros / 1000, micros % 1000);
-    // u128's largest value has 39 digits.
-    let mut digits = [0u8; 39];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (whole % 10) as u8;
-        whole /= 10;
-        if whole == 0 {
-            break;
-        }
-    }
-    let mut text = String::with_capacity(digits.len() - at + 6);
-    text.extend(digits[at..].iter().map(|&d| char::from(d)));
-    text.push('.');
-    for divisor in [100, 10, 1] {
-        text.push(char::from(b'0' + (fraction / divisor % 10) as u8));
-    }
-    text.push_str("ms");
-    text
 }
 
 /// The facts of a request its audit record starts from.
@@ -422,27 +394,6 @@ fn contain_panic(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_latency_annotation_has_three_decimals_of_milliseconds() {
-        let text = |nanos: u64| latency_text(Duration::from_nanos(nanos));
-        assert_eq!(text(0), "0.000ms");
-        assert_eq!(text(499), "0.000ms");
-        assert_eq!(text(500), "0.001ms");
-        assert_eq!(text(412_345), "0.412ms");
-        assert_eq!(text(1_000_000), "1.000ms");
-        assert_eq!(text(123_456_789_499), "123456.789ms");
-        let longest = latency_text(Duration::MAX);
-        let micros = (Duration::MAX.as_nanos() + 500) / 1000;
-        assert_eq!(longest, format!("{}.{:03}ms", micros / 1000, micros % 1000));
-        for nanos in (0..5_000_000u64).step_by(7_919) {
-            let micros = (u128::from(nanos) + 500) / 1000;
-            assert_eq!(
-                text(nanos),
-                format!("{}.{:03}ms", micros / 1000, micros % 1000)
-            );
-        }
-    }
 
     #[test]
     fn refusals_are_summarised_per_ipv6_prefix() {

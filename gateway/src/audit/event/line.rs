@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use super::{ObjectRef, Stage, UserInfo, WireEvent};
+use super::{ObjectRef, Stage, UserInfo, WireEvent, decimal};
 use crate::ip_text::IpText;
 
 impl WireEvent<'_> {
@@ -50,14 +50,19 @@ impl WireEvent<'_> {
             object_ref(out, of);
         }
         out.extend_from_slice(br#","responseStatus":{"metadata":{},"code":"#);
-        number(out, self.response_status.code);
+        out.extend_from_slice(decimal(self.response_status.code.into(), &mut [0; 20]));
         out.extend_from_slice(br#"},"requestReceivedTimestamp":"#);
         timestamp(out, &self.request_received);
         out.extend_from_slice(br#","stageTimestamp":"#);
         timestamp(out, &self.stage_time);
         if !self.annotations.is_empty() {
             out.extend_from_slice(br#","annotations":"#);
-            object(out, self.annotations.iter(), |out, v| string(out, v));
+            object(
+                out,
+                self.annotations.iter(),
+                |out, k| string(out, k),
+                |out, v| string(out, v),
+            );
         }
         out.push(b'}');
     }
@@ -76,49 +81,44 @@ fn user_info(out: &mut Vec<u8>, user: &UserInfo<'_>) {
     }
     if !user.extra.is_empty() {
         out.extend_from_slice(br#","extra":"#);
-        object(out, user.extra, |out, values| strings(out, values));
+        object(
+            out,
+            user.extra,
+            |out, k| string(out, k),
+            |out, values| strings(out, values),
+        );
     }
     out.push(b'}');
 }
 
 fn object_ref(out: &mut Vec<u8>, of: &ObjectRef<'_>) {
-    // Keys written as literals, with their quotes and colon.
+    // The keys are literals with their quotes: nothing in them to escape.
     let fields: [(&[u8], &str); 6] = [
-        (br#""resource":"#, &of.resource),
-        (br#""namespace":"#, &of.namespace),
-        (br#""name":"#, &of.name),
-        (br#""apiGroup":"#, &of.api_group),
-        (br#""apiVersion":"#, &of.api_version),
-        (br#""subresource":"#, &of.subresource),
+        (br#""resource""#, &of.resource),
+        (br#""namespace""#, &of.namespace),
+        (br#""name""#, &of.name),
+        (br#""apiGroup""#, &of.api_group),
+        (br#""apiVersion""#, &of.api_version),
+        (br#""subresource""#, &of.subresource),
     ];
-    out.push(b'{');
-    let mut first = true;
-    for (key, value) in fields {
-        if value.is_empty() {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.extend_from_slice(key);
-        string(out, value);
-    }
-    out.push(b'}');
+    let present = fields.into_iter().filter(|(_, v)| !v.is_empty());
+    object(out, present, |out, key| out.extend_from_slice(key), string);
 }
 
-/// A JSON object of `entries`, in their order, each value written by `value`.
-fn object<K: AsRef<str>, V>(
+/// A JSON object of `entries`, in their order, each key written by `key` and each value
+/// by `value`.
+fn object<K, V>(
     out: &mut Vec<u8>,
     entries: impl IntoIterator<Item = (K, V)>,
+    key: impl Fn(&mut Vec<u8>, K),
     value: impl Fn(&mut Vec<u8>, V),
 ) {
     out.push(b'{');
-    for (i, (key, v)) in entries.into_iter().enumerate() {
+    for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        string(out, key.as_ref());
+        key(out, k);
         out.push(b':');
         value(out, v);
     }
@@ -134,21 +134,6 @@ fn strings(out: &mut Vec<u8>, values: &[String]) {
         string(out, value);
     }
     out.push(b']');
-}
-
-fn number(out: &mut Vec<u8>, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 fn timestamp(out: &mut Vec<u8>, at: &super::Timestamp) {
