@@ -31,6 +31,8 @@ pub mod ops;
 pub mod pipeline;
 pub mod recording;
 pub mod signin;
+#[cfg(test)]
+mod testing;
 pub mod upstream;
 
 pub use app::{Running, StartError, start};

@@ -251,6 +251,7 @@ impl AuthConfigReloader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::eventually;
     use std::io::Write;
 
     const POLICY: &str = "default = \"deny\"\n";
@@ -269,16 +270,6 @@ mod tests {
         let store = store(&path);
         let reloader = PolicyReloader::start(store.clone(), false).unwrap();
         (dir, path, store, reloader)
-    }
-
-    async fn eventually(what: &str, check: impl Fn() -> bool) {
-        for _ in 0..400 {
-            if check() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("timed out waiting for {what}");
     }
 
     #[tokio::test]
