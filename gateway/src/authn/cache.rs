@@ -7,7 +7,7 @@
 //! its issuer is no longer the one in that place of the running issuer set (a reload
 //! removed or replaced it).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +51,7 @@ impl TokenCache {
             ttl,
             // At least one: the eviction below picks from a full, so non-empty, map.
             capacity: capacity.max(1),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
         }
     }
 

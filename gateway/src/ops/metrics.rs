@@ -4,8 +4,8 @@
 //! decision, a failure category); nothing derived from a path, a user or a token is ever a
 //! label, so the series count stays bounded whatever clients send.
 
+use foldhash::HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -198,8 +198,8 @@ impl RequestHandles {
     fn new(recorder: usize) -> Self {
         RequestHandles {
             recorder,
-            requests: HashMap::new(),
-            seconds: HashMap::new(),
+            requests: HashMap::default(),
+            seconds: HashMap::default(),
             gateway: histogram!(GATEWAY_SECONDS),
             in_flight: gauge!(IN_FLIGHT),
         }

@@ -15,11 +15,11 @@
 //!
 //! The rate limiters are generic over governor's clock, so tests drive time by hand.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use foldhash::HashMap;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -74,17 +74,17 @@ pub struct Admission<C: Clock = DefaultClock> {
 #[must_use = "the slot is released when this is dropped"]
 pub struct Permit {
     counter: Arc<CounterInner>,
-    user: String,
+    user: Arc<str>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Ok(mut state) = self.counter.state.lock() {
             state.total = state.total.saturating_sub(1);
-            if let Some(n) = state.per_user.get_mut(&self.user) {
-                *n -= 1;
-                if *n == 0 {
-                    state.per_user.remove(&self.user);
+            if let Some(mine) = state.per_user.get_mut(&*self.user) {
+                mine.count -= 1;
+                if mine.count == 0 {
+                    state.per_user.remove(&*self.user);
                 }
             }
         }
@@ -100,10 +100,18 @@ struct CounterInner {
     state: Mutex<CounterState>,
 }
 
+/// One user's requests in flight, with the name the map is keyed by.
+struct UserCount {
+    name: Arc<str>,
+    count: u32,
+}
+
 #[derive(Default)]
 struct CounterState {
     total: u32,
-    per_user: HashMap<String, u32>,
+    /// In flight per user. The name is shared with each [`Permit`]: a request whose user
+    /// already has one in flight allocates nothing here.
+    per_user: HashMap<Arc<str>, UserCount>,
 }
 
 impl Counter {
@@ -131,8 +139,9 @@ impl Counter {
                 retry_after: Duration::from_secs(1),
             });
         }
-        let mine = state.per_user.get(user).copied().unwrap_or(0);
-        if mine >= inner.max_per_user {
+        let state = &mut *state;
+        let mine = state.per_user.get_mut(user);
+        if mine.as_ref().map_or(0, |m| m.count) >= inner.max_per_user {
             return Err(GatewayError::TooManyRequests {
                 limit: Limit::Concurrency,
                 message: format!(
@@ -143,10 +152,24 @@ impl Counter {
             });
         }
         state.total += 1;
-        *state.per_user.entry(user.to_string()).or_default() += 1;
+        let user = match mine {
+            Some(mine) => {
+                mine.count += 1;
+                mine.name.clone()
+            }
+            None => {
+                let name: Arc<str> = Arc::from(user);
+                let count = UserCount {
+                    name: name.clone(),
+                    count: 1,
+                };
+                state.per_user.insert(name.clone(), count);
+                name
+            }
+        };
         Ok(Permit {
             counter: inner.clone(),
-            user: user.to_string(),
+            user,
         })
     }
 }

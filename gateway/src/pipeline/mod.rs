@@ -521,9 +521,9 @@ mod tests {
             .unwrap();
         let future = proxy(State(gateway), request);
         let size = std::mem::size_of_val(&future);
-        assert!(
-            size <= 4 * 1024,
-            "the request future is {size} bytes (3,856 when written)"
-        );
+        // 3,856 bytes when written; 4,296 with the upstream pool's own send, which holds
+        // the request while it is handed over and hyper's answer for it (which can give
+        // the request back) at once.
+        assert!(size <= 4608, "the request future is {size} bytes");
     }
 }

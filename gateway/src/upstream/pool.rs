@@ -95,7 +95,9 @@ impl Pool {
             let now = Instant::now();
             let (mut sender, reused) = match self.checkout(shard, now) {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting (TCP, TLS, the handshake) is rare, and inline its state
+                // would grow every request's future by 3 KB.
+                None => (Box::pin(self.connect()).await?, false),
             };
             // `try_send_request` hands the request over before it returns. The sender then
             // stays not ready until the response has been read, so it can go back now.

@@ -11,7 +11,7 @@
 //! match before any is evaluated. Candidates are visited in file order, which
 //! keeps the first-allow-wins semantics exact.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use crate::path::normalize_path;
