@@ -22,6 +22,8 @@
 
 use std::fmt;
 
+use compact_str::CompactString;
+
 use crate::path::CanonicalPath;
 use crate::query::{
     QueryParams, fallback_watch_bool, field_selector_name, go_parse_int_ok,
@@ -167,25 +169,25 @@ pub fn resolve(method: &str, path: &CanonicalPath, query: Option<&str>) -> Reque
         path: path.as_str().to_owned(),
         ..Default::default()
     };
-    let mut cur: &[String] = match parts[0].as_str() {
+    let mut cur: &[CompactString] = match parts[0].as_str() {
         "api" => &parts[1..],
         "apis" => {
             // One more part (the group) is needed before this is a resource request.
             if parts.len() < 4 {
                 return non_resource();
             }
-            ri.api_group = parts[1].clone();
+            ri.api_group = parts[1].to_string();
             &parts[2..]
         }
         _ => return non_resource(),
     };
-    ri.api_prefix = parts[0].clone();
-    ri.api_version = cur[0].clone();
+    ri.api_prefix = parts[0].to_string();
+    ri.api_version = cur[0].to_string();
     cur = &cur[1..];
 
     let verb_via_path = matches!(cur[0].as_str(), "proxy" | "watch");
     if verb_via_path {
-        ri.verb = cur[0].clone();
+        ri.verb = cur[0].to_string();
         if cur.len() < 2 {
             // The API server fails these with an error; the attributes we
             // return (a verb and no resource) only match `resources = ["*"]`.
@@ -199,19 +201,19 @@ pub fn resolve(method: &str, path: &CanonicalPath, query: Option<&str>) -> Reque
     // `namespaces/<ns>/<resource>/...` re-roots at the resource, except for
     // the namespace's own subresources.
     if cur[0] == "namespaces" && cur.len() > 1 {
-        ri.namespace = cur[1].clone();
+        ri.namespace = cur[1].to_string();
         if cur.len() > 2 && !matches!(cur[2].as_str(), "status" | "finalize") {
             cur = &cur[2..];
         }
     }
 
     if cur.len() >= 3 && ri.verb != "proxy" {
-        ri.subresource = cur[2].clone();
+        ri.subresource = cur[2].to_string();
     }
     if cur.len() >= 2 {
-        ri.name = cur[1].clone();
+        ri.name = cur[1].to_string();
     }
-    ri.resource = cur[0].clone();
+    ri.resource = cur[0].to_string();
 
     let params = query.map(QueryParams::parse).unwrap_or_default();
     if ri.name.is_empty() && ri.verb == "get" {

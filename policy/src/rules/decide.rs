@@ -256,7 +256,7 @@ pub(crate) fn decide(
 
 enum Req<'a> {
     Resource(&'a ResourceAttributes, Option<usize>),
-    Path(&'a [String], Option<usize>),
+    Path(&'a [compact_str::CompactString], Option<usize>),
 }
 
 impl Req<'_> {

@@ -1,6 +1,8 @@
 //! Compiled rules: everything parsed, validated and precompiled, so matching
 //! is comparisons only.
 
+use compact_str::CompactString;
+
 use crate::glob::Glob;
 use crate::request::ResourceAttributes;
 use crate::subject::{ForwardIdentity, Subject};
@@ -249,7 +251,7 @@ impl ResourceEntry {
 
 #[derive(Debug)]
 pub(crate) struct PathEntry {
-    pub(crate) segments: Vec<String>,
+    pub(crate) segments: Vec<CompactString>,
     pub(crate) prefix: bool,
     pub(crate) methods: VerbSet,
     /// Span of the path when it (and so everything under it) resolves to a
@@ -258,7 +260,7 @@ pub(crate) struct PathEntry {
 }
 
 impl PathEntry {
-    pub(crate) fn matches(&self, segments: &[String], method_bit: Option<usize>) -> bool {
+    pub(crate) fn matches(&self, segments: &[CompactString], method_bit: Option<usize>) -> bool {
         self.methods.contains(method_bit)
             && if self.prefix {
                 segments.starts_with(&self.segments)
@@ -318,7 +320,11 @@ impl Rule {
         }
     }
 
-    pub(crate) fn matches_path(&self, segments: &[String], method_bit: Option<usize>) -> bool {
+    pub(crate) fn matches_path(
+        &self,
+        segments: &[CompactString],
+        method_bit: Option<usize>,
+    ) -> bool {
         match &self.target {
             Target::Paths(es) => es.iter().any(|e| e.matches(segments, method_bit)),
             Target::Resources(_) => false,
