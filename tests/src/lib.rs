@@ -777,11 +777,16 @@ pub async fn run_kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, Str
     output_within_a_minute(command).await
 }
 
+/// The lines of `text` that end in a newline: a file's writer may be half-way through the
+/// last one.
+fn whole_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+}
+
 /// The audit records in `dir/audit.log` (a gateway's test directory, also after shutdown).
 pub fn audit_records_in(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
+    whole_lines(&std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default())
         .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
         .collect()
 }
@@ -795,7 +800,7 @@ pub fn audit_stages_in(dir: &Path, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every line of the audit trail in `dir`, oldest first: the rotated backups
+/// Every whole line of the audit trail in `dir`, oldest first: the rotated backups
 /// (`audit.log.N` ... `audit.log.1`) and then `audit.log`.
 pub fn audit_trail_lines_in(dir: &Path) -> Vec<String> {
     let backups = (1..)
@@ -807,9 +812,7 @@ pub fn audit_trail_lines_in(dir: &Path) -> Vec<String> {
         .rev()
         .chain(std::iter::once(&dir.join("audit.log")))
         .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
+            whole_lines(&std::fs::read_to_string(p).unwrap_or_default())
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         })
