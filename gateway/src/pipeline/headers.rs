@@ -95,6 +95,7 @@ fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
         })
         .cloned()
         .collect();
+    // `named` borrows the map; it must go before the removals.
     drop(named);
     for name in doomed {
         headers.remove(name);

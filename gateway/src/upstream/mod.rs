@@ -77,8 +77,8 @@ struct Inner {
     /// watches on a few connections instead of one connection each.
     streams: Arc<StreamPool>,
     /// Connection upgrades: exec, attach and port-forward switch protocols with `101`,
-    /// which HTTP/2 has no way to say. Same pool kind as `client`, kept apart so that an
-    /// upgraded connection never counts against the ordinary requests' pool.
+    /// which HTTP/2 has no way to say. hyper-util's client, apart from `pool`, whose
+    /// connections an upgraded one must never take the place of.
     upgrade_client: HttpsClient,
     credential: Option<CredentialService>,
     /// The credential's last header, reused for [`CREDENTIAL_REUSE`].

@@ -117,7 +117,8 @@ impl Pool {
     }
 
     /// The connections the calling thread's shard keeps now, ready or not.
-    pub fn kept(&self) -> usize {
+    #[cfg(test)]
+    fn kept(&self) -> usize {
         self.lock(self.shard()).len()
     }
 
