@@ -23,9 +23,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use tower::{BoxError, ServiceExt};
 
-/// How long a connection may go unused before the pool closes it. Servers close idle
-/// connections too (Go's default is the same 90 s). A connection the server has closed is
-/// noticed at checkout, and a request it refused unsent is retried.
+/// How long a connection may go unused before the pool closes it: the same 90 s as Go's
+/// default HTTP client transport (and hyper-util's pool as the gateway configured it). A
+/// connection the server has closed is noticed at checkout, and a request it refused
+/// unsent is retried.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How often idle connections are looked for when no request comes to find them.
