@@ -65,27 +65,19 @@ pub async fn forward(
     let cap = (!long_running).then_some(limits.max_request_body);
     let (body, watch) = request_body(&parts.headers, body, cap)?;
     let request = Request::from_parts(parts, body);
-    let sent = if long_running {
-        upstream
+    // A failed upstream request because of the client's body (cut off by our cap, or
+    // malformed or abandoned on the way in) is the client's fault, said as such.
+    if long_running {
+        let (response, lease) = upstream
             .send_long_running(request)
             .await
-            .map(|(response, lease)| (response, Some(lease)))
+            .map_err(|e| watch.blame(e))?;
+        guard.hold_stream(kind, Some(lease));
+        Ok(relay(response, bounds))
     } else {
-        upstream
-            .send(request)
-            .await
-            .map(|response| (response, None))
-    };
-    let (response, lease) = match sent {
-        // The upstream request failed because of the client's body (cut off by our cap, or
-        // malformed or abandoned on the way in): the client's fault, said as such.
-        Err(upstream_error) => return Err(watch.blame(upstream_error)),
-        Ok(pair) => pair,
-    };
-    if long_running {
-        guard.hold_stream(kind, lease);
+        let response = upstream.send(request).await.map_err(|e| watch.blame(e))?;
+        Ok(relay(response, bounds))
     }
-    Ok(relay(response, bounds))
 }
 
 /// The upstream's response for the client: hop-by-hop headers removed, the body streamed

@@ -8,6 +8,8 @@
 pub mod incluster;
 pub mod pool;
 
+pub use pool::Pooled;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -381,7 +383,7 @@ impl Upstream {
     }
 
     /// Sends a prepared request, waiting at most the configured timeout for the headers.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Pooled>, GatewayError> {
         let request = self.ordinary(request);
         answered(self.inner.timeout, self.inner.pool.send(request)).await
     }
@@ -442,10 +444,10 @@ impl Upstream {
 }
 
 /// The response `sent` gives within `timeout`, or the gateway's error for it.
-async fn answered<E>(
+async fn answered<B, E>(
     timeout: Duration,
-    sent: impl std::future::Future<Output = Result<Response<Incoming>, E>>,
-) -> Result<Response<Incoming>, GatewayError>
+    sent: impl std::future::Future<Output = Result<Response<B>, E>>,
+) -> Result<Response<B>, GatewayError>
 where
     E: std::error::Error + Send + Sync + 'static,
 {

@@ -1,21 +1,24 @@
 //! The HTTP/1.1 keep-alive connections that ordinary requests reuse.
 //!
 //! There is one shard per connection thread, because a connection's task runs on the
-//! runtime that opened it. Each shard is a short list of hyper senders. A request takes a
-//! sender that is ready, and puts it back as soon as the request has been handed to the
-//! connection. The sender says by itself when the connection is free again: hyper's
-//! connection task marks it ready once the response has been read. So nothing runs
-//! between two requests.
+//! runtime that opened it. Each shard lists the connections that are free: a request takes
+//! one, and its response body ([`Pooled`]) gives it back once the body has been read to its
+//! end. So the list holds free connections only, and a checkout looks at one or two of
+//! them however many requests are in flight. Nothing runs between two requests.
 //!
 //! This replaces hyper-util's pool on the hot path. That pool hashed its key with SipHash
 //! at checkout and again at hand-back, and it spawned a task for every request to watch for
 //! the connection becoming free.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use bytes::Bytes;
 use http::{Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
@@ -32,11 +35,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often idle connections are looked for when no request comes to find them.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The most connections one shard keeps. Past it, a connection is closed once its
-/// response is done. It must stay above the requests a thread has in flight at once: at
-/// 256, 1,280 concurrent HTTP/2 streams (the harness's 128 x 10 cell) closed and reopened
-/// upstream connections all the time, at 0.27x nginx's throughput. Idle connections are
-/// closed by the sweep, and `max_in_flight` bounds how many can be busy.
+/// The most free connections one shard keeps; a connection given back past it is closed.
+/// Busy connections are not counted: `max_in_flight` bounds those. After a burst of
+/// 1,280 concurrent requests (the harness's 128 x 10 HTTP/2 cell) a shard keeps a few
+/// hundred, which the sweep closes once they have been idle for [`IDLE_TIMEOUT`].
 const MAX_PER_SHARD: usize = 4096;
 
 /// Why a request could not be sent or answered.
@@ -55,10 +57,51 @@ pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     /// What the connector dials: the upstream's scheme and authority.
     target: Uri,
-    shards: Box<[Mutex<Vec<Kept>>]>,
+    /// Shared with the response bodies that will give a connection back, so that a body
+    /// outliving the pool (a reload) still has somewhere to put it; dropped with the last.
+    shards: Box<[Arc<Shard>]>,
 }
 
-/// A connection waiting in the pool, and when a request was last sent on it.
+/// The free connections of one connection thread.
+#[derive(Default)]
+struct Shard {
+    free: Mutex<Vec<Kept>>,
+}
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Vec<Kept>> {
+        // The guarded list holds only senders: still valid after a panic.
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a ready connection, looking from the end (the one given back last, whose
+    /// server has most recently shown it keeps the connection), and closes the spent ones
+    /// it passes.
+    fn checkout(&self, now: Instant) -> Option<http1::SendRequest<Body>> {
+        let mut free = self.lock();
+        let mut i = free.len();
+        while i > 0 {
+            i -= 1;
+            if free[i].is_spent(now) {
+                free.swap_remove(i);
+            } else if free[i].sender.is_ready() {
+                return Some(free.swap_remove(i).sender);
+            }
+            // Not ready yet: given back an instant before hyper's connection task marked
+            // it free. Left for the next checkout.
+        }
+        None
+    }
+
+    fn give_back(&self, sender: http1::SendRequest<Body>, used: Instant) {
+        let mut free = self.lock();
+        if free.len() < MAX_PER_SHARD {
+            free.push(Kept { sender, used });
+        }
+    }
+}
+
+/// A free connection, and when a request was last sent on it.
 struct Kept {
     sender: http1::SendRequest<Body>,
     used: Instant,
@@ -80,7 +123,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             connector,
             target,
-            shards: (0..=threads).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..=threads).map(|_| Arc::default()).collect(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&pool)));
@@ -89,26 +132,29 @@ impl Pool {
     }
 
     /// Sends `request` (origin-form target, `Host` set) on a connection of the calling
-    /// thread's shard: a ready one if there is one, a new one otherwise. A request that a
+    /// thread's shard: a free one if there is one, a new one otherwise. A request that a
     /// reused connection refused before writing any of it is tried again. That happens
     /// when the server had closed the connection while it was idle.
-    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, PoolError> {
-        let shard = self.shard();
+    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Pooled>, PoolError> {
+        let shard = &self.shards[self.shard()];
         loop {
             // One clock read a try: `used` only needs to be right to the second.
             let now = Instant::now();
-            let (mut sender, reused) = match self.checkout(shard, now) {
+            let (mut sender, reused) = match shard.checkout(now) {
                 Some(sender) => (sender, true),
                 // Boxed: connecting (TCP, TLS, the handshake) is rare, and inline its state
                 // would grow every request's future by 3 KB.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            // `try_send_request` hands the request over before it returns. The sender then
-            // stays not ready until the response has been read, so it can go back now.
-            let sent = sender.try_send_request(request);
-            self.put_back(shard, sender, now);
-            match sent.await {
-                Ok(response) => return Ok(response),
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let home = Home {
+                        shard: shard.clone(),
+                        sender,
+                        used: now,
+                    };
+                    return Ok(response.map(|body| Pooled::new(body, home)));
+                }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => request = unsent,
                     _ => return Err(error.into_error().into()),
@@ -117,10 +163,10 @@ impl Pool {
         }
     }
 
-    /// The connections the calling thread's shard keeps now, ready or not.
+    /// The free connections the calling thread's shard keeps now.
     #[cfg(test)]
     fn kept(&self) -> usize {
-        self.lock(self.shard()).len()
+        self.shards[self.shard()].lock().len()
     }
 
     /// The calling connection thread's shard; the last one for callers off those threads.
@@ -129,34 +175,6 @@ impl Pool {
         match crate::listener::current_thread_index() {
             Some(i) if threads > 0 => i % threads,
             _ => threads,
-        }
-    }
-
-    fn lock(&self, shard: usize) -> MutexGuard<'_, Vec<Kept>> {
-        // The guarded list holds only senders: still valid after a panic.
-        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes a ready connection, looking from the end (where connections are put back),
-    /// and closes the spent ones it passes.
-    fn checkout(&self, shard: usize, now: Instant) -> Option<http1::SendRequest<Body>> {
-        let mut kept = self.lock(shard);
-        let mut i = kept.len();
-        while i > 0 {
-            i -= 1;
-            if kept[i].is_spent(now) {
-                kept.swap_remove(i);
-            } else if kept[i].sender.is_ready() {
-                return Some(kept.swap_remove(i).sender);
-            }
-        }
-        None
-    }
-
-    fn put_back(&self, shard: usize, sender: http1::SendRequest<Body>, used: Instant) {
-        let mut kept = self.lock(shard);
-        if kept.len() < MAX_PER_SHARD {
-            kept.push(Kept { sender, used });
         }
     }
 
@@ -180,8 +198,8 @@ impl Pool {
     /// Closes the spent connections of every shard.
     fn sweep_once(&self) {
         let now = Instant::now();
-        for shard in 0..self.shards.len() {
-            self.lock(shard).retain(|kept| !kept.is_spent(now));
+        for shard in &self.shards {
+            shard.lock().retain(|kept| !kept.is_spent(now));
         }
     }
 }
@@ -195,6 +213,82 @@ async fn sweep(pool: Weak<Pool>) {
             Some(pool) => pool.sweep_once(),
             None => return,
         }
+    }
+}
+
+/// Where a busy connection goes back to.
+struct Home {
+    shard: Arc<Shard>,
+    sender: http1::SendRequest<Body>,
+    used: Instant,
+}
+
+/// A response body from the pool. Once it has been read to its end, its connection is
+/// free again and goes back to its shard. A body dropped before its end takes the
+/// connection with it: hyper closes a connection whose response was not read.
+pub struct Pooled {
+    body: Incoming,
+    home: Option<Home>,
+}
+
+impl Pooled {
+    fn new(body: Incoming, home: Home) -> Self {
+        let mut pooled = Pooled {
+            body,
+            home: Some(home),
+        };
+        // A response without a body (`204`, `304`, a `HEAD`) is at its end already: the
+        // connection is free before anyone reads the body, if anyone does.
+        if pooled.body.is_end_stream() {
+            pooled.give_back();
+        }
+        pooled
+    }
+
+    fn give_back(&mut self) {
+        if let Some(home) = self.home.take() {
+            home.shard.give_back(home.sender, home.used);
+        }
+    }
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled")
+            .field("body", &self.body)
+            .field("busy", &self.home.is_some())
+            .finish()
+    }
+}
+
+impl http_body::Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            // hyper ends the body once its connection has read the whole response; a
+            // `Content-Length` body knows its last frame, and the client's side may never
+            // ask for the end after it.
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
+            // hyper closes the connection of a failed body.
+            Poll::Ready(Some(Err(_))) => self.home = None,
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -220,6 +314,14 @@ mod tests {
         Close,
     }
 
+    /// How a test server frames its answers' bodies.
+    #[derive(Clone, Copy)]
+    enum Framing {
+        Length,
+        /// One chunk, then the last (empty) one.
+        Chunked,
+    }
+
     /// A TLS server on 127.0.0.1 that answers every `GET` with `body_len` bytes, speaking
     /// HTTP/1.1 by hand so that the test controls exactly when a connection closes.
     struct Server {
@@ -233,6 +335,15 @@ mod tests {
     impl Server {
         /// With `gate`, each connection's first request waits there before its answer.
         async fn start(after: After, body_len: usize, gate: Option<Arc<Barrier>>) -> Server {
+            Server::framed(after, Framing::Length, body_len, gate).await
+        }
+
+        async fn framed(
+            after: After,
+            framing: Framing,
+            body_len: usize,
+            gate: Option<Arc<Barrier>>,
+        ) -> Server {
             crate::app::install_crypto_provider();
             let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
             let cert = key.cert.der().clone();
@@ -255,7 +366,7 @@ mod tests {
                         (acceptor.clone(), gate.clone(), finished.clone());
                     tokio::spawn(async move {
                         if let Ok(tls) = acceptor.accept(tcp).await {
-                            serve(tls, after, body_len, gate).await;
+                            serve(tls, after, framing, body_len, gate).await;
                         }
                         finished.fetch_add(1, Ordering::SeqCst);
                     });
@@ -290,8 +401,13 @@ mod tests {
         }
     }
 
-    async fn serve<S>(mut tls: S, after: After, body_len: usize, gate: Option<Arc<Barrier>>)
-    where
+    async fn serve<S>(
+        mut tls: S,
+        after: After,
+        framing: Framing,
+        body_len: usize,
+        gate: Option<Arc<Barrier>>,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let mut gate = gate;
@@ -309,9 +425,17 @@ mod tests {
             if let Some(gate) = gate.take() {
                 gate.wait().await;
             }
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n");
-            let mut answer = head.into_bytes();
+            let mut answer = match framing {
+                Framing::Length => format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n"),
+                Framing::Chunked => {
+                    format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{body_len:x}\r\n")
+                }
+            }
+            .into_bytes();
             answer.resize(answer.len() + body_len, b'x');
+            if let Framing::Chunked = framing {
+                answer.extend_from_slice(b"\r\n0\r\n\r\n");
+            }
             if tls.write_all(&answer).await.is_err() || tls.flush().await.is_err() {
                 return;
             }
@@ -333,13 +457,7 @@ mod tests {
     async fn fetch(pool: &Pool) -> usize {
         let response = pool.send(get()).await.expect("answered");
         assert_eq!(response.status(), 200);
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .len()
+        read(response).await
     }
 
     #[tokio::test]
@@ -353,6 +471,17 @@ mod tests {
         assert_eq!(pool.kept(), 1);
     }
 
+    /// The whole body of `response`.
+    async fn read(response: Response<Pooled>) -> usize {
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .len()
+    }
+
     #[tokio::test]
     async fn concurrent_requests_each_get_a_connection_and_later_reuse_them() {
         // Each connection's first answer waits until four requests have arrived: if two
@@ -360,15 +489,57 @@ mod tests {
         let gate = Arc::new(Barrier::new(4));
         let server = Server::start(After::KeepAlive, 2, Some(gate)).await;
         let pool = server.pool();
-        let together = futures_util::future::join_all((0..4).map(|_| fetch(&pool)));
-        let sizes = tokio::time::timeout(Duration::from_secs(10), together)
+        let together = futures_util::future::join_all((0..4).map(|_| pool.send(get())));
+        let responses = tokio::time::timeout(Duration::from_secs(10), together)
             .await
             .expect("four connections, not one queue");
-        assert_eq!(sizes, [2; 4]);
+        // Busy connections are not in the list a checkout looks through.
+        assert_eq!(pool.kept(), 0);
+        for response in responses {
+            assert_eq!(read(response.unwrap()).await, 2);
+        }
+        assert_eq!(pool.kept(), 4, "each given back at the end of its body");
         for _ in 0..8 {
             fetch(&pool).await;
         }
         assert_eq!(server.accepted(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_response_without_a_body_frees_its_connection_unread() {
+        let server = Server::start(After::KeepAlive, 0, None).await;
+        let pool = server.pool();
+        let unread = pool.send(get()).await.unwrap();
+        assert_eq!(pool.kept(), 1);
+        assert_eq!(fetch(&pool).await, 0);
+        assert_eq!(server.accepted(), 1);
+        drop(unread);
+        assert_eq!(pool.kept(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_frees_its_connection_at_its_end() {
+        let server = Server::framed(After::KeepAlive, Framing::Chunked, 3, None).await;
+        let pool = server.pool();
+        for _ in 0..3 {
+            let response = pool.send(get()).await.unwrap();
+            assert_eq!(pool.kept(), 0, "busy until its last chunk");
+            assert_eq!(read(response).await, 3);
+            assert_eq!(pool.kept(), 1);
+        }
+        assert_eq!(server.accepted(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_outlives_its_pool_closes_its_connection_at_its_end() {
+        // As after a reload: the old pool is gone while a response is still being read.
+        let server = Server::start(After::KeepAlive, 2, None).await;
+        let pool = server.pool();
+        let response = pool.send(get()).await.unwrap();
+        drop(pool);
+        assert_eq!(server.ended(), 0);
+        assert_eq!(read(response).await, 2);
+        eventually("the connection closed", || server.ended() == 1).await;
     }
 
     #[tokio::test]
@@ -395,7 +566,10 @@ mod tests {
             eventually("the server closed its side", || server.ended() == round).await;
             // The pool's connection task sees the end too before the next request.
             eventually("the pool noticed", || {
-                pool.lock(pool.shard()).iter().all(|k| k.sender.is_closed())
+                pool.shards[pool.shard()]
+                    .lock()
+                    .iter()
+                    .all(|k| k.sender.is_closed())
             })
             .await;
         }
