@@ -378,8 +378,9 @@ async fn blocking_mode_makes_requests_wait_for_room_and_drops_nothing() {
         .expect("the waiting request completes once the receiver answers")
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
+    // The receiver has a record before the gateway has its answer: wait for both.
     eventually("three records delivered", async || {
-        receiver.accepted().len() == 3
+        receiver.accepted().len() == 3 && stats(&gw).delivered == 3
     })
     .await;
     let s = stats(&gw);
