@@ -461,9 +461,12 @@ run_h2() { # kind path conns streams duration round
 }
 
 echo "== HTTP/2 (h2load, ${ROUNDS} rounds x ${DURATION}s, alternating nginx and kubegate) (at $(( $(date +%s) - T_START )) s)"
-# Warm-up at the largest concurrency, so both proxies hold their upstream connections for it
+# Warm-up at the largest concurrency, so both proxies open upstream connections for it
 # (nginx: HTTP/1.1 keepalive; kubegate: HTTP/1.1 pools too for ordinary requests, one
-# connection per concurrent request) before any measured cell.
+# connection per concurrent request) before any measured cell. Only partly: h2load ends a
+# run with its streams in flight, and both proxies close the upstream connections of the
+# requests so abandoned (docs/benchmarks.md, eighth pass), so each 128 x 10 cell reopens
+# many of them.
 for p in nginx kubegate; do run_h2 warmup "$p" 128 10 "$WARMUP" 0; done
 for c in 16 128; do
   for r in $(seq 1 "$ROUNDS"); do
