@@ -220,8 +220,9 @@ async fn a_receiver_that_fails_for_a_while_gets_every_record_once_with_the_files
         .await;
     assert_eq!(watch.status, StatusCode::OK);
     let watch_id = watch.headers["audit-id"].to_str().unwrap().to_string();
+    // The receiver has a record before the gateway has its answer: wait for both.
     eventually("every record delivered", async || {
-        receiver.accepted().len() >= 22
+        receiver.accepted().len() >= 22 && stats(&gw).delivered >= 22
     })
     .await;
     let stats = stats(&gw);
